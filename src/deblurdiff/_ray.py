@@ -1,0 +1,42 @@
+"""Connecting to Ray: an existing cluster when one is named, else a local instance.
+
+Every entry point (synth, train, serve, demo) goes through ``connect`` so that ``--address`` and
+``RAY_ADDRESS`` mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+
+def connect(address: str | None = None, **init_kwargs):
+    """``ray.init`` against ``address`` (or ``RAY_ADDRESS``), or a new local instance when neither."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    init_kwargs.setdefault("logging_level", logging.WARNING)
+    init_kwargs.setdefault("log_to_driver", True)
+    if address is None:
+        # A local instance: no dashboard unless asked (it costs seconds on 2 cores), no usage stats.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        init_kwargs.setdefault("include_dashboard", False)
+    logger.info("connecting to Ray at %s", address or "a new local instance")
+    return ray.init(address=address, **init_kwargs)
+
+
+def cluster_cpus() -> int:
+    """Whole logical CPUs in the connected cluster (used to size actor pools and trainers)."""
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))

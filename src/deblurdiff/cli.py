@@ -1,0 +1,84 @@
+"""The ``deblurdiff`` command.
+
+Each subcommand lives in ``deblurdiff.commands.<name>`` and exposes ``register(subparsers)``; the
+modules keep heavy imports (torch, ray) inside their ``run`` so ``--help`` stays instant.
+
+Exit codes (DESIGN §2): 0 success; 2 bad usage or bad input, one line naming the argument or file
+and why; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from deblurdiff import __version__
+from deblurdiff.errors import UsageError
+
+# Explicit list (no auto-discovery): a subcommand exists when its module is named here.
+COMMAND_MODULES = [
+    "deblurdiff.commands.synth",
+    "deblurdiff.commands.train",
+    "deblurdiff.commands.deblur",
+    "deblurdiff.commands.serve",
+    "deblurdiff.commands.eval",
+    "deblurdiff.commands.demo",
+]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block on error; we print one line naming the problem."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="deblurdiff",
+        description="DeblurDiff: synthesise blur, train, deblur and serve (arXiv 2502.03810).",
+    )
+    parser.add_argument("--version", action="version", version=f"deblurdiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=OneLineArgumentParser
+    )
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not built yet: the command does not exist
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"deblurdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"deblurdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the top level reports anything else as exit 1
+        if args.debug:
+            raise
+        print(f"deblurdiff {args.command}: failed: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
