@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -126,11 +127,13 @@ def _stop_cluster(gcs_port: int) -> None:
     import psutil
 
     # Every process of this cluster (GCS, raylets, workers, dashboard) names the GCS port.
-    needles = (f"127.0.0.1:{gcs_port}", f"--gcs_server_port={gcs_port}", f"--port={gcs_port}")
+    # (Ray may advertise the machine's IP rather than 127.0.0.1, so match on the port alone.)
+    pattern = re.compile(rf"(gcs[-_]address[= ]\S*:{gcs_port}\b|--gcs_server_port[= ]{gcs_port}\b"
+                         rf"|--port[= ]{gcs_port}\b|--address[= ]\S*:{gcs_port}\b)")
     victims = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info.get("cmdline") or [])
-        if "ray" in cmd and any(n in cmd for n in needles):
+        if proc.pid != os.getpid() and "ray" in cmd and pattern.search(cmd):
             victims.append(proc)
     for proc in victims:
         try:
