@@ -1,0 +1,296 @@
+"""The Ray Serve application: a FastAPI ingress and a batched model deployment (DESIGN §4).
+
+::
+
+    HTTP -> proxy -> DeblurIngress (FastAPI: limits, validation, decode/encode, JSON errors)
+                          |  handle.deblur.remote({"image": (H, W, 3) uint8, steps, sampler, seed, tile})
+                          v
+                     DeblurModel (pipeline loaded once per replica; @serve.batch groups requests of
+                                  the same size + steps + sampler + tile into one pipeline call)
+
+Entry point for ``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``::
+
+    import_path: deblurdiff.serving.app:build_app
+    args: {model: /models/deblurdiff}
+
+Deployment names ``DeblurIngress`` and ``DeblurModel`` are stable (config files refer to them).
+Runtime settings go through ``user_config``: the ingress takes :class:`~deblurdiff.serving.limits.Limits`
+fields, the model takes ``max_batch_size`` / ``batch_wait_timeout_s`` (``max_batch_size: 1`` turns
+batching off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib import resources
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import Field, ValidationError, model_validator
+from ray import serve
+from ray.serve.exceptions import BackPressureError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deblurdiff import __version__
+from deblurdiff.config import Section
+from deblurdiff.imageio import ImageDecodeError, decode_rgb, encode_image
+from deblurdiff.serving.http import check_image, extract_image, read_body
+from deblurdiff.serving.limits import MEDIA_TYPES, ApiError, Limits, auto_tile, parse_params
+from deblurdiff.serving.model import BatchSettings, DeblurModel
+
+__all__ = ["AppArgs", "DeblurIngress", "DeblurModel", "build_app", "validate_args"]
+
+logger = logging.getLogger("ray.serve")
+
+INGRESS_NAME = "DeblurIngress"
+MODEL_NAME = "DeblurModel"
+
+
+# ----------------------------------------------------------------------------- builder arguments
+class AppArgs(Section):
+    """``args`` of :func:`build_app` (``serve run deblurdiff.serving.app:build_app model=DIR``).
+
+    Unknown keys are errors, so a typo in a RayService's ``args`` fails at deploy time.
+    """
+
+    model: str  # a directory written by DeblurDiffPipeline.save_pretrained
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the replica sees a GPU
+    # Per model replica. None: 1 GPU when device is cuda, or device is auto and the cluster has GPUs.
+    num_gpus: float | None = Field(None, ge=0)
+    num_cpus: float = Field(1.0, ge=0)
+    # Autoscaling of DeblurModel (the ingress is light and runs one replica per min/max as well).
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    # Requests a replica holds at once (the running batch plus the next one filling up).
+    max_ongoing_requests: int = Field(16, ge=1)
+    # Requests waiting for a replica; past this the ingress answers 503 at once.
+    max_queued_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+    # Limits (ingress user_config); None keeps the defaults of Limits.
+    request_timeout_s: float | None = Field(None, gt=0)
+    max_body_bytes: int | None = Field(None, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    default_steps: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
+        return self
+
+    def limits(self) -> Limits:
+        keys = ("request_timeout_s", "max_body_bytes", "max_pixels", "max_steps", "default_steps")
+        given = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if "max_steps" in given and "default_steps" not in given:
+            given["default_steps"] = min(Limits().default_steps, given["max_steps"])
+        return Limits(**given)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: {key}: unknown key"
+    return f"{source}: {key}: {err['msg']}" + (f" (got {err.get('input')!r})" if err["type"] != "missing" else "")
+
+
+# ----------------------------------------------------------------------------- HTTP API
+api = FastAPI(title="deblurdiff", version=__version__, docs_url=None, redoc_url=None)
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return _error(exc.status, exc.code, exc.message, headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body")) or "request"
+    return _error(422, "invalid_parameter", f"{field}: {first.get('msg')}")
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in DeblurIngress")
+    return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _index_html() -> str:
+    return resources.files("deblurdiff.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+@serve.deployment(
+    name=INGRESS_NAME,
+    # Validation, decoding and encoding only: no CPU reservation, so the model gets the cores. It must
+    # never be the one refusing work (that would be the proxy's plain-text 503), hence the high cap;
+    # overload is decided at the model's queue and answered here as JSON 503.
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=1000,
+)
+@serve.ingress(api)
+class DeblurIngress:
+    def __init__(self, model: DeploymentHandle):
+        self._model = model
+        self._limits = Limits()
+        self._model_info: dict | None = None
+        self._page = _index_html()  # read once; the page is self-contained (no CDN, no network)
+
+    def reconfigure(self, user_config: dict | None) -> None:
+        """Serve ``user_config`` -> :class:`Limits` (applied live, no restart)."""
+        try:
+            self._limits = Limits(**(user_config or {}))
+        except ValidationError as exc:
+            raise ValueError(_describe(exc, f"{INGRESS_NAME} user_config")) from None
+
+    async def _info(self) -> dict:
+        if self._model_info is None:
+            self._model_info = await self._model.info.remote()
+        return self._model_info
+
+    # ---------------------------------------------------------------- routes
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(self) -> HTMLResponse:
+        return HTMLResponse(self._page)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/info")
+    async def info(self) -> dict:
+        info = await self._info()
+        return {**info, "version": __version__, "limits": self._limits.model_dump()}
+
+    @api.post("/v1/deblur")
+    async def deblur(self, request: Request) -> Response:
+        limits = self._limits  # one consistent snapshot even if reconfigured mid-request
+        started = time.perf_counter()
+        info = await self._info()
+        # 1. parameters and size checks before the body is read (cheap refusals first)
+        params = parse_params(request.query_params, limits, info["samplers"])
+        body = await read_body(request, limits.max_body_bytes)
+        data = await extract_image(request, body)
+        # 2. header only: type and pixel count (decompression bombs never reach the decoder)
+        width, height, _fmt = check_image(data, limits)
+        params = auto_tile(params, width * height, limits)
+        # 3. decode off the event loop (other requests keep flowing)
+        try:
+            rgb = await asyncio.to_thread(decode_rgb, data, max_pixels=limits.max_pixels)
+        except ImageDecodeError as exc:
+            raise ApiError(400, "invalid_image", f"image: not a decodable image ({exc})") from None
+        del data, body
+        # 4. inference in the model deployment, bounded by request_timeout_s
+        result = await self._infer(
+            {"image": rgb, "steps": params.steps, "sampler": params.sampler, "seed": params.seed,
+             "tile": params.tile},
+            limits.request_timeout_s,
+        )
+        out = result["image"]  # (H, W, 3) uint8, same size as the input
+        encoded = await asyncio.to_thread(encode_image, out, params.format)
+        headers = {
+            "X-Deblur-Seed": str(params.seed),
+            "X-Deblur-Steps": str(params.steps),
+            "X-Deblur-Sampler": result["sampler"],
+            "X-Deblur-Tile": str(params.tile or 0),
+            "X-Deblur-Batch-Size": str(result["batch_size"]),
+            "X-Deblur-Inference-Seconds": f"{result['seconds']:.3f}",
+            "X-Deblur-Total-Seconds": f"{time.perf_counter() - started:.3f}",
+        }
+        return Response(encoded, media_type=MEDIA_TYPES[params.format], headers=headers)
+
+    async def _infer(self, job: dict[str, Any], timeout_s: float) -> dict:
+        response = self._model.deblur.remote(job)
+
+        async def wait():
+            return await response
+
+        try:
+            result = await asyncio.wait_for(wait(), timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()  # frees its place in the queue / batch if it has not started
+            raise ApiError(504, "timeout",
+                           f"inference did not finish within {timeout_s:g} s (request_timeout_s); "
+                           "try fewer steps or a smaller image") from None
+        except BackPressureError:
+            raise ApiError(503, "overloaded",
+                           "server overloaded: the request queue is full (max_queued_requests); retry later") from None
+        except RequestCancelledError:
+            raise ApiError(503, "cancelled", "request was cancelled by the server; retry") from None
+        except Exception as exc:  # noqa: BLE001 - a dead/restarting replica is transient
+            logger.warning("model call failed: %s", exc)
+            raise ApiError(503, "model_unavailable",
+                           f"model replica failed ({type(exc).__name__}); retry later") from None
+        if "error" in result:  # the model refused this job (e.g. out of memory); others in its batch ran
+            err = result["error"]
+            raise ApiError(err["status"], err["code"], err["message"])
+        return result
+
+
+# ----------------------------------------------------------------------------- builder
+def _wants_gpu(args: AppArgs) -> float:
+    if args.num_gpus is not None:
+        return args.num_gpus
+    if args.device == "cuda":
+        return 1.0
+    if args.device == "auto":
+        import ray
+
+        if ray.is_initialized():
+            from deblurdiff._ray import cluster_gpus
+
+            return 1.0 if cluster_gpus() > 0 else 0.0
+    return 0.0
+
+
+def validate_args(args: dict[str, Any]) -> AppArgs:
+    """``args`` as :class:`AppArgs`, or a ValueError naming the key and why."""
+    try:
+        return AppArgs.model_validate(dict(args or {}))
+    except ValidationError as exc:
+        raise ValueError(_describe(exc, "deblurdiff.serving.app:build_app args")) from None
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder: ``args`` as :class:`AppArgs` (at least ``model``)."""
+    cfg = validate_args(args)
+    num_gpus = _wants_gpu(cfg)
+    device = cfg.device if not (cfg.device == "auto" and num_gpus > 0) else "cuda"
+    autoscaling = {
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "target_ongoing_requests": cfg.target_ongoing_requests,
+    }
+    model = DeblurModel.options(
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": num_gpus},
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        user_config=BatchSettings(max_batch_size=cfg.max_batch_size,
+                                  batch_wait_timeout_s=cfg.batch_wait_timeout_s).model_dump(),
+    ).bind(cfg.model, device)
+    ingress = DeblurIngress.options(
+        autoscaling_config={"min_replicas": max(1, min(cfg.min_replicas, 1)),
+                            "max_replicas": max(1, cfg.max_replicas), "target_ongoing_requests": 100},
+        user_config=cfg.limits().model_dump(),
+    )
+    return ingress.bind(model)

@@ -1,0 +1,179 @@
+"""``DeblurModel``: the Serve deployment holding one ``DeblurDiffPipeline`` per replica.
+
+Requests arrive one image each; ``@serve.batch`` collects those that arrive within
+``batch_wait_timeout_s`` (up to ``max_batch_size``), and :func:`group_jobs` splits a batch into groups
+that can share one pipeline call: same height and width (hence the same padded latent shape), steps,
+sampler and tile. Each job keeps its own seed (one ``torch.Generator`` per image), so an image's result
+does not depend on which batch it landed in, and results go back by position, never mixed up.
+
+torch and diffusers are imported inside the replica only (the ingress imports this module too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from pydantic import Field
+from ray import serve
+
+from deblurdiff.config import Section
+
+__all__ = ["BatchSettings", "DeblurModel", "group_jobs"]
+
+logger = logging.getLogger("ray.serve")
+
+
+class BatchSettings(Section):
+    """``user_config`` of ``DeblurModel`` (applied live). ``max_batch_size: 1`` turns batching off."""
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0)  # how long the first request waits for company
+
+
+def group_key(job: dict) -> tuple:
+    height, width = job["image"].shape[:2]
+    return (height, width, job["steps"], job["sampler"], job["tile"])
+
+
+def group_jobs(jobs: list[dict]) -> list[list[int]]:
+    """Indices of ``jobs`` grouped by :func:`group_key`, first-come order kept inside each group."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        groups[group_key(job)].append(index)
+    return list(groups.values())
+
+
+def _is_fatal_device_error(exc: BaseException) -> bool:
+    # After a device-side assert or an illegal memory access the CUDA context is unusable: the replica
+    # must be replaced (check_health fails, Serve restarts it). Out-of-memory is not fatal.
+    text = f"{type(exc).__name__}: {exc}"
+    return "out of memory" not in text.lower() and ("CUDA error" in text or "AcceleratorError" in text)
+
+
+@serve.deployment(name="DeblurModel", health_check_period_s=10, health_check_timeout_s=30,
+                  graceful_shutdown_timeout_s=30)
+class DeblurModel:
+    def __init__(self, model_dir: str, device: str = "auto"):
+        import torch
+
+        from deblurdiff.ops import eac_backend
+        from deblurdiff.pipeline import SAMPLERS, DeblurDiffPipeline
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} but this replica sees no CUDA device "
+                               "(give the deployment num_gpus or use device=cpu)")
+        self.device = torch.device(device)
+        # Weights are loaded once per replica, here; requests only run inference.
+        self.pipe = DeblurDiffPipeline.from_pretrained(model_dir).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self._fatal: str | None = None
+        self._info = {
+            "model": str(model_dir),
+            "preset": _preset_name(self.pipe),
+            "device": str(self.device),
+            "eac_backend": eac_backend(self.device),
+            "samplers": list(SAMPLERS),
+            "default_sampler": _default_sampler(self.pipe, SAMPLERS),
+            "torch": torch.__version__,
+        }
+        if self.device.type == "cuda" and self._info["eac_backend"] != "cuda":
+            logger.warning("DeblurModel on %s runs the %s EAC op, not the CUDA one (build failed?)",
+                           self.device, self._info["eac_backend"])
+        logger.info("DeblurModel ready: %s", self._info)
+
+    def reconfigure(self, user_config: dict | None) -> None:
+        settings = BatchSettings(**(user_config or {}))
+        self._batched.set_max_batch_size(settings.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._info["batching"] = settings.model_dump()
+
+    def info(self) -> dict:
+        return dict(self._info)
+
+    def check_health(self) -> None:
+        if self._fatal is not None:
+            raise RuntimeError(f"replica unusable after a device error: {self._fatal}")
+
+    async def deblur(self, job: dict[str, Any]) -> dict:
+        """One image in, one result out: ``{"image": (H, W, 3) uint8, "batch_size", "seconds", "sampler"}``
+        or ``{"error": {"status", "code", "message"}}``."""
+        return await self._batched(job)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _batched(self, jobs: list[dict]) -> list[dict]:
+        # The pipeline runs in a worker thread so this replica's event loop keeps answering health
+        # checks, cancellations and queueing the next batch while it computes.
+        return await asyncio.to_thread(self._run_batch, jobs)
+
+    # ------------------------------------------------------------------ inference (worker thread)
+    def _run_batch(self, jobs: list[dict]) -> list[dict]:
+        results: list[dict | None] = [None] * len(jobs)
+        for indices in group_jobs(jobs):
+            group = [jobs[i] for i in indices]
+            started = time.perf_counter()
+            try:
+                images = self._run_group(group)
+            except Exception as exc:  # noqa: BLE001 - one bad group must not fail the others
+                error = self._classify(exc)
+                for i in indices:
+                    results[i] = {"error": error}
+                continue
+            seconds = time.perf_counter() - started
+            for i, image in zip(indices, images):
+                results[i] = {"image": image, "batch_size": len(indices), "seconds": seconds,
+                              "sampler": jobs[i]["sampler"] or self._info["default_sampler"]}
+        return results  # same order as jobs: Serve hands result k to caller k
+
+    def _run_group(self, group: list[dict]):
+        import numpy as np
+        import torch
+
+        first = group[0]
+        # One generator per image: its result depends on its own seed only, not on its batch mates.
+        generators = [torch.Generator(device="cpu").manual_seed(job["seed"]) for job in group]
+        kwargs = {}
+        if first["sampler"] is not None:
+            kwargs["sampler"] = first["sampler"]
+        if first["tile"] is not None:
+            kwargs["tile_size"] = first["tile"]
+        with torch.inference_mode():
+            out = self.pipe([job["image"] for job in group], num_inference_steps=first["steps"],
+                            generator=generators, output_type="np", **kwargs).images
+        # (B, H, W, 3) float in [0, 1] -> uint8 per image
+        return [np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8) for img in out]
+
+    def _classify(self, exc: Exception) -> dict:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            logger.warning("out of memory on a batch: %s", exc)
+            return {"status": 503, "code": "out_of_memory",
+                    "message": "the model ran out of memory for this image; retry later or pass a smaller tile"}
+        if _is_fatal_device_error(exc):
+            self._fatal = f"{type(exc).__name__}: {exc}"
+        logger.exception("inference failed")
+        return {"status": 500, "code": "inference_failed", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _preset_name(pipe) -> str | None:
+    for source in (getattr(pipe, "config", {}), getattr(getattr(pipe, "lkpn", None), "config", {})):
+        try:
+            value = source.get("preset") if hasattr(source, "get") else getattr(source, "preset", None)
+        except Exception:  # noqa: BLE001
+            value = None
+        if value:
+            return str(value)
+    return None
+
+
+def _default_sampler(pipe, samplers) -> str:
+    value = getattr(pipe, "default_sampler", None)
+    return str(value) if value else str(list(samplers)[0])
