@@ -1,0 +1,109 @@
+"""Image formation around the blur: camera response, saturation, sensor noise, Bayer, JPEG.
+
+Pure functions on (B, C, H, W) tensors with per-sample parameters as (B,) tensors; random fields
+(noise) are passed in, drawn by the caller from the sample's CPU generator, so every device gets the
+same draws.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.color import CFA, linear_rgb_to_rgb, raw_to_rgb, rgb_to_linear_rgb, rgb_to_raw
+from PIL import Image
+
+__all__ = [
+    "to_linear",
+    "from_linear",
+    "boost_highlights",
+    "poisson_gaussian_noise",
+    "mosaic",
+    "demosaic",
+    "jpeg",
+    "CFA_PATTERNS",
+]
+
+CFA_PATTERNS = ("RG", "GR", "BG", "GB")  # kornia.color.CFA names (OpenCV convention)
+
+
+def _per_sample(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """(B,) or scalar -> (B, 1, 1, 1) on x's device/dtype."""
+    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    return v.reshape(-1, 1, 1, 1) if v.dim() else v
+
+
+# ----------------------------------------------------------------------------- camera response
+def to_linear(x: torch.Tensor, curve: str = "srgb", gamma: torch.Tensor | float = 2.2) -> torch.Tensor:
+    """Display values in [0, 1] -> linear light: the inverse sRGB curve (kornia) or ``x ** gamma``."""
+    if curve == "srgb":
+        return rgb_to_linear_rgb(x)
+    if curve == "gamma":
+        return x.clamp_min(0) ** _per_sample(gamma, x)
+    raise ValueError(f"to_linear: curve must be 'srgb' or 'gamma', got {curve!r}")
+
+
+def from_linear(x: torch.Tensor, curve: str = "srgb", gamma: torch.Tensor | float = 2.2) -> torch.Tensor:
+    """Linear light in [0, 1] -> display values; exact inverse of ``to_linear``."""
+    if curve == "srgb":
+        return linear_rgb_to_rgb(x)
+    if curve == "gamma":
+        return x.clamp_min(0) ** (1 / _per_sample(gamma, x))
+    raise ValueError(f"from_linear: curve must be 'srgb' or 'gamma', got {curve!r}")
+
+
+# ----------------------------------------------------------------------------- saturation
+def boost_highlights(x: torch.Tensor, threshold: torch.Tensor | float, gain: torch.Tensor | float) -> torch.Tensor:
+    """Give clipped highlights their true (brighter than 1) radiance before the blur (RSBlur, Rim et
+    al. 2022): a pixel whose brightest channel is at 1 is scaled by ``gain``, one between ``threshold``
+    and 1 by a linear ramp between 1 and ``gain``, others are kept. Clip after blurring, so a light
+    source smears into the saturated streak a real camera records instead of a dim grey smudge."""
+    t = _per_sample(threshold, x)
+    peak = x.amax(dim=1, keepdim=True)  # (B, 1, H, W)
+    ramp = ((peak - t) / (1 - t).clamp_min(1e-6)).clamp(0, 1)
+    return x * (1 + (_per_sample(gain, x) - 1) * ramp)
+
+
+# ----------------------------------------------------------------------------- sensor noise
+def poisson_gaussian_noise(x: torch.Tensor, shot: torch.Tensor | float, read: torch.Tensor | float, eps: torch.Tensor) -> torch.Tensor:
+    """``y = x + sqrt(shot * x + read**2) * eps`` (eps ~ N(0, 1), same shape as x).
+
+    The heteroscedastic Gaussian form of the Poisson–Gaussian sensor model (Foi et al. 2008; Brooks
+    et al. 2019): variance grows linearly with the signal (slope ``shot``, the photon shot noise) on
+    top of a floor ``read**2`` (read noise). Applied in linear light on the (mosaiced) raw signal."""
+    var = _per_sample(shot, x) * x.clamp_min(0) + _per_sample(read, x) ** 2
+    return x + var.sqrt() * eps.to(x)
+
+
+# ----------------------------------------------------------------------------- Bayer
+def mosaic(x: torch.Tensor, cfa: str) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) Bayer raw with the given CFA pattern (kornia.color.rgb_to_raw)."""
+    return rgb_to_raw(x, CFA[cfa])
+
+
+def demosaic(raw: torch.Tensor, cfa: str) -> torch.Tensor:
+    """(B, 1, H, W) Bayer raw -> (B, 3, H, W) by kornia's bilinear demosaic; odd sizes are padded by
+    reflection to even (what kornia needs) and cropped back."""
+    h, w = raw.shape[-2:]
+    ph, pw = h % 2, w % 2
+    # reflecting one row/column copies row h-2 into row h: same parity, so the CFA phase stays right
+    padded = F.pad(raw, (0, pw, 0, ph), mode="reflect") if (ph or pw) else raw
+    return raw_to_rgb(padded, CFA[cfa])[..., :h, :w]
+
+
+# ----------------------------------------------------------------------------- JPEG
+def jpeg(x: torch.Tensor, quality: list[int] | torch.Tensor) -> torch.Tensor:
+    """Round-trip each image through the real JPEG codec (Pillow/libjpeg, 4:2:0 chroma) at its own
+    quality; x (B, 3, H, W) in [0, 1] -> decoded values k / 255, same device and dtype."""
+    quality = [int(q) for q in (quality.tolist() if torch.is_tensor(quality) else quality)]
+    arrays = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for arr, q in zip(arrays, quality):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=q)
+        buf.seek(0)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    decoded = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return decoded.to(device=x.device, dtype=x.dtype) / 255

@@ -1,0 +1,286 @@
+"""Recipes: YAML-declared degradation stages with ranges and probabilities, validated at load.
+
+A recipe is a flat YAML file (see ``recipes/*.yaml``). Every stage has a ``prob`` (chance the stage
+runs for a sample) and ranges ``[low, high]`` that the sampler draws from. Unknown keys, bad ranges and
+probabilities fail at load with one line naming the file, the dotted field and what was expected::
+
+    recipe = load_recipe("realistic")          # a built-in name
+    recipe = load_recipe("my_recipe.yaml")     # or a file
+    recipe.name, recipe.hash                   # written into meta.json / manifest.json
+
+``hash`` is the sha256 of the canonical JSON of every field that changes the output (everything but
+``name`` and ``description``), so reformatting or commenting a file keeps its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deblurdiff.errors import UsageError
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "builtin_recipes"]
+
+
+class RecipeError(UsageError, ValueError):
+    """A recipe name, file or field is wrong; the message is one line naming it and why."""
+
+
+# ----------------------------------------------------------------------------- field types
+def _check_range(value: tuple[float, float]) -> tuple[float, float]:
+    low, high = value
+    if low > high:
+        raise ValueError(f"expected [low, high] with low <= high, got [{low}, {high}]")
+    return value
+
+
+Range = Annotated[tuple[float, float], AfterValidator(_check_range)]
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _positive_range(value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] <= 0:
+        raise ValueError(f"expected positive values, got [{value[0]}, {value[1]}]")
+    return value
+
+
+def _odd_size_range(value: tuple[float, float]) -> tuple[float, float]:
+    if not (3 <= value[0] and value[1] <= 255):
+        raise ValueError(f"expected PSF sizes within [3, 255] px, got [{value[0]}, {value[1]}]")
+    return value
+
+
+PositiveRange = Annotated[Range, AfterValidator(_positive_range)]
+SizeRange = Annotated[Range, AfterValidator(_odd_size_range)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- PSF families
+class TrajectoryCfg(_Section):
+    """Camera shake, Boracchi & Foi (2012): a random walk with inertia, Gaussian and impulsive shakes."""
+
+    size: SizeRange = (15, 127)  # PSF side length in px (drawn, made odd); trajectory extent = size - 3
+    steps: Annotated[int, Field(ge=16, le=4096)] = 384  # recurrence steps (statistics rescaled to 2000)
+    anxiety: Range = (0.0, 0.1)  # overall shake amount (B&F: 0.1 * U)
+    centripetal: Range = (0.0, 0.7)  # pull back to the start (B&F: 0.7 * U)
+    gaussian: Range = (0.0, 10.0)  # Gaussian shake strength (B&F: 10 * U)
+    impulsive: Range = (0.0, 0.2)  # frequency of big shakes (B&F: 0.2 * U)
+    exposure: Range = (0.5, 1.0)  # fraction of the trajectory the shutter sees
+
+
+class LinearCfg(_Section):
+    """Uniform linear motion: a straight segment, rasterised sub-pixel."""
+
+    length: Annotated[Range, AfterValidator(_positive_range)] = (3.0, 60.0)  # px
+    angle: Range = (0.0, 180.0)  # degrees
+
+
+class DefocusCfg(_Section):
+    """Out-of-focus blur: a uniform disk or a regular polygon (aperture blades), anti-aliased."""
+
+    radius: PositiveRange = (1.0, 12.0)  # px
+    polygon_prob: Prob = 0.4  # chance of a polygonal aperture instead of a disk
+    blades: Annotated[tuple[int, int], AfterValidator(_check_range)] = (5, 9)
+
+
+class GaussianCfg(_Section):
+    """Gaussian blur, isotropic or anisotropic (rotated)."""
+
+    sigma: PositiveRange = (0.5, 4.0)  # px, major axis
+    anisotropic_prob: Prob = 0.5
+    ratio: Annotated[Range, AfterValidator(_positive_range)] = (0.2, 1.0)  # minor / major sigma
+    angle: Range = (0.0, 180.0)  # degrees
+
+
+class Families(_Section):
+    """Relative weights of the PSF families (normalised; zero disables one)."""
+
+    trajectory: Annotated[float, Field(ge=0.0)] = 0.0
+    linear: Annotated[float, Field(ge=0.0)] = 0.0
+    defocus: Annotated[float, Field(ge=0.0)] = 0.0
+    gaussian: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "Families":
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("expected at least one family with a positive weight")
+        return self
+
+
+class SpatiallyVaryingCfg(_Section):
+    """Several PSFs blended by smooth masks (soft Voronoi regions): blurry = sum_i m_i * (x conv k_i)."""
+
+    prob: Prob = 0.0
+    regions: Annotated[tuple[int, int], AfterValidator(_check_range)] = (2, 3)
+    softness: PositiveRange = (0.02, 0.15)  # mask transition width, as a fraction of the image size
+
+    @model_validator(mode="after")
+    def _two_or_more(self) -> "SpatiallyVaryingCfg":
+        if self.regions[0] < 2 or self.regions[1] > 8:
+            raise ValueError(f"regions: expected [low, high] within [2, 8], got {list(self.regions)}")
+        return self
+
+
+class BlurCfg(_Section):
+    families: Families
+    trajectory: TrajectoryCfg = TrajectoryCfg()
+    linear: LinearCfg = LinearCfg()
+    defocus: DefocusCfg = DefocusCfg()
+    gaussian: GaussianCfg = GaussianCfg()
+    spatially_varying: SpatiallyVaryingCfg = SpatiallyVaryingCfg()
+    border: Literal["reflect", "replicate", "circular"] = "reflect"
+
+
+# ----------------------------------------------------------------------------- image formation
+class CurveWeights(_Section):
+    srgb: Annotated[float, Field(ge=0.0)] = 1.0  # IEC 61966-2-1 (kornia.color)
+    gamma: Annotated[float, Field(ge=0.0)] = 0.0  # x ** gamma with gamma drawn from `gamma_range`
+
+
+class LinearLightCfg(_Section):
+    """Blur in linear light: invert a camera response curve, blur, re-apply it."""
+
+    prob: Prob = 0.0
+    curves: CurveWeights = CurveWeights()
+    gamma_range: PositiveRange = (1.8, 2.6)
+
+
+class SaturationCfg(_Section):
+    """Saturated highlights (RSBlur): boost bright pixels above 1 before the blur, clip after."""
+
+    prob: Prob = 0.0
+    threshold: Range = (0.8, 0.97)  # linear value from which a pixel counts as clipped in the sharp image
+    gain: Annotated[Range, AfterValidator(_positive_range)] = (1.5, 6.0)  # true radiance / clipped value
+
+
+class NoiseCfg(_Section):
+    """Poisson–Gaussian sensor noise, heteroscedastic Gaussian form: var(y | x) = shot * x + read**2.
+
+    ``shot`` and ``read`` are drawn log-uniformly; ``read: brooks2019`` ties the read noise to the shot
+    noise as in "Unprocessing images" (Brooks et al. 2019): log(read**2) = 2.18 log(shot) + 1.20 + N(0, 0.26).
+    """
+
+    prob: Prob = 0.0
+    shot: Range = (1e-4, 1.2e-2)  # variance per unit intensity; [0, 0] = no shot noise
+    read: Union[Literal["brooks2019"], Range] = "brooks2019"  # read-noise std, or the Brooks relation
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> "NoiseCfg":
+        if self.shot[0] < 0:
+            raise ValueError(f"shot: expected values >= 0, got {list(self.shot)}")
+        if not isinstance(self.read, str) and self.read[0] < 0:
+            raise ValueError(f"read: expected values >= 0, got {list(self.read)}")
+        return self
+
+
+class BayerCfg(_Section):
+    """Mosaic to a Bayer CFA before the noise, demosaic after (kornia.color raw)."""
+
+    prob: Prob = 0.0
+
+
+class JpegCfg(_Section):
+    """JPEG through the real codec (Pillow/libjpeg) at a random quality."""
+
+    prob: Prob = 0.0
+    quality: Annotated[tuple[int, int], AfterValidator(_check_range)] = (60, 95)
+
+    @model_validator(mode="after")
+    def _quality(self) -> "JpegCfg":
+        if self.quality[0] < 1 or self.quality[1] > 100:
+            raise ValueError(f"quality: expected [low, high] within [1, 100], got {list(self.quality)}")
+        return self
+
+
+class Recipe(_Section):
+    """A validated recipe. Stages run in this order: linear light -> saturation -> blur -> Bayer ->
+    noise -> clip -> demosaic -> back to display -> JPEG."""
+
+    name: str
+    description: str = ""
+    blur: BlurCfg
+    linear_light: LinearLightCfg = LinearLightCfg()
+    saturation: SaturationCfg = SaturationCfg()
+    noise: NoiseCfg = NoiseCfg()
+    bayer: BayerCfg = BayerCfg()
+    jpeg: JpegCfg = JpegCfg()
+
+    @cached_property
+    def canonical_json(self) -> str:
+        """Every field that changes the output, as sorted compact JSON (what ``hash`` hashes)."""
+        data = self.model_dump(mode="json", exclude={"name", "description"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @cached_property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json.encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "recipe") -> "Recipe":
+        """Validate a nested dict; the first problem becomes one RecipeError line naming ``source``."""
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: expected a mapping of stages, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+            raise RecipeError(f"{source}: {_describe(errors[0])}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")) from None
+
+
+def _describe(error: dict) -> str:
+    # pydantic adds the validator name / tuple index to the location; keep the user-facing dotted key
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "tuple["))]
+    key = ".".join(loc) or "<root>"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against the built-in recipes)"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg} (got {error.get('input')!r})"
+
+
+# ----------------------------------------------------------------------------- loading
+_RECIPE_DIR = resources.files("deblurdiff.blur_synthesis") / "recipes"
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the built-in recipes (files ``recipes/<name>.yaml``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in _RECIPE_DIR.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: "str | Path | Recipe" = "realistic") -> Recipe:
+    """A built-in recipe by name (``realistic``, ``clean-motion``, ``defocus``, ``diffbir``) or a YAML
+    file by path; a ``Recipe`` passes through. Raises RecipeError (a UsageError and ValueError)."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    text = str(name_or_path)
+    looks_like_path = isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text
+    if not looks_like_path:
+        if text not in builtin_recipes():
+            raise RecipeError(f"recipe {text!r}: unknown name; built-ins are {', '.join(builtin_recipes())} (or give a .yaml path)")
+        source, raw = f"recipe {text}", (_RECIPE_DIR / f"{text}.yaml").read_text()
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise RecipeError(f"recipe {path}: no such file")
+        source, raw = str(path), path.read_text()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(data, dict) and "name" not in data and looks_like_path:
+        data["name"] = Path(text).stem
+    return Recipe.from_dict(data, source)

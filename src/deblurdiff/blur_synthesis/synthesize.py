@@ -1,0 +1,181 @@
+"""``synthesize(sharp, recipe, seeds)``: sharp images -> realistic blurry ones, seeded and recorded.
+
+Two steps per sample, kept apart (kornia style):
+
+1. ``sample_params(recipe, seed)`` draws every random value from a CPU ``torch.Generator`` seeded by
+   the sample's seed and returns a JSON-able dict (the ``meta.json`` record). ``build_kernels`` and
+   ``region_masks`` turn it into tensors deterministically; the sensor-noise field comes from its own
+   CPU generator seeded by a drawn ``noise_seed``.
+2. ``degrade(sharp, params, kernels)`` applies the stages in recipe order on the image's device.
+
+Each sample runs on its own (a (1, 3, H, W) slice), so a sample's result does not depend on the batch
+it sits in or its position there, bit for bit, on a given device and thread count. Across devices the
+draws and kernels are identical and results agree to float rounding (before the 8-bit JPEG step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from deblurdiff.blur_synthesis import formation as fm
+from deblurdiff.blur_synthesis.conv import fft_blur, region_masks
+from deblurdiff.blur_synthesis.kernels import bernoulli, build_psf, choice, log_uniform, pad_to, randint, sample_psf, uniform
+from deblurdiff.blur_synthesis.recipe import Recipe, load_recipe
+
+__all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "build_masks", "degrade"]
+
+
+@dataclass
+class SynthesisResult:
+    """What ``synthesize`` returns.
+
+    blurry:  (B, 3, H, W) in [0, 1], same dtype and device as ``sharp``.
+    kernels: per sample, an (n_psf, K, K) float32 CPU tensor of the PSF(s) applied (n_psf > 1 for
+             spatially varying blur; zero-padded, centred, to the sample's largest PSF).
+             ``kernels_to_array(result.kernels[i])`` gives the ``kernel.npy`` array.
+    params:  per sample, a JSON-able dict of every drawn value (and the recipe name, hash, seed).
+    """
+
+    blurry: torch.Tensor
+    kernels: list[torch.Tensor]
+    params: list[dict]
+    recipe: Recipe = field(repr=False)
+
+
+# ----------------------------------------------------------------------------- 1. sampling
+def sample_params(recipe: Recipe, seed: int) -> dict:
+    """Every random value for one sample, drawn in a fixed order from ``Generator().manual_seed(seed)``.
+    Each stage draws all its values whether or not it runs, so a stage's probability never shifts the
+    draws of the stages after it."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = recipe
+
+    ll = r.linear_light
+    linear_light = {
+        "applied": bernoulli(g, ll.prob),
+        "curve": choice(g, ll.curves.model_dump()) if sum(ll.curves.model_dump().values()) > 0 else "srgb",
+        "gamma": uniform(g, *ll.gamma_range),
+    }
+
+    sat = r.saturation
+    saturation = {"applied": bernoulli(g, sat.prob), "threshold": uniform(g, *sat.threshold), "gain": log_uniform(g, *sat.gain)}
+
+    sv = r.blur.spatially_varying
+    varying = bernoulli(g, sv.prob)
+    n_regions = randint(g, *sv.regions) if varying else 1
+    psfs = [sample_psf(g, r.blur) for _ in range(n_regions)]
+    blur = {"psfs": psfs, "border": r.blur.border, "masks": None}
+    if varying:
+        centres = torch.rand(n_regions, 2, generator=g, dtype=torch.float64).tolist()
+        blur["masks"] = {"centres": centres, "softness": uniform(g, *sv.softness)}
+
+    bayer = {"applied": bernoulli(g, r.bayer.prob), "cfa": fm.CFA_PATTERNS[randint(g, 0, 3)]}
+
+    nz = r.noise
+    shot = log_uniform(g, *nz.shot)
+    if nz.read == "brooks2019":  # Brooks et al. 2019, "Unprocessing images", read variance from shot
+        read = math.sqrt(math.exp(2.18 * math.log(max(shot, 1e-12)) + 1.20 + 0.26 * float(torch.randn((), generator=g, dtype=torch.float64))))
+    else:
+        read = log_uniform(g, *nz.read)
+    noise = {"applied": bernoulli(g, nz.prob), "shot": shot, "read": read, "noise_seed": int(torch.randint(0, 2**62, (), generator=g))}
+
+    jp = {"applied": bernoulli(g, r.jpeg.prob), "quality": randint(g, *r.jpeg.quality)}
+
+    return {
+        "recipe": r.name,
+        "recipe_hash": r.hash,
+        "seed": int(seed),
+        "linear_light": linear_light,
+        "saturation": saturation,
+        "blur": blur,
+        "bayer": bayer,
+        "noise": noise,
+        "jpeg": jp,
+    }
+
+
+def build_kernels(params: dict) -> torch.Tensor:
+    """(n_psf, K, K) float32 CPU: the sample's PSFs, zero-padded (centred) to the largest."""
+    psfs = [build_psf(spec) for spec in params["blur"]["psfs"]]
+    size = max(p.shape[-1] for p in psfs)
+    return torch.stack([pad_to(p, size) for p in psfs])
+
+
+def build_masks(params: dict, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """(1, n, H, W) region masks of a spatially varying sample, or None for uniform blur."""
+    spec = params["blur"]["masks"]
+    if spec is None:
+        return None
+    centres = torch.tensor(spec["centres"], dtype=torch.float64)[None]
+    masks = region_masks(centres, torch.tensor([spec["softness"]]), height, width)
+    return masks.to(device)
+
+
+# ----------------------------------------------------------------------------- 2. applying
+def degrade(sharp: torch.Tensor, params: dict, kernels: torch.Tensor) -> torch.Tensor:
+    """Apply one sample's drawn degradation: sharp (1, 3, H, W) in [0, 1] -> blurry (1, 3, H, W)."""
+    x = sharp
+    h, w = x.shape[-2:]
+    ll, sat, bayer, noise, jp = (params[k] for k in ("linear_light", "saturation", "bayer", "noise", "jpeg"))
+
+    # 1. to linear light (blur and noise are physical in scene radiance, not in display values)
+    if ll["applied"]:
+        x = fm.to_linear(x, ll["curve"], ll["gamma"])
+    # 2. clipped highlights get their true radiance back (> 1) so the blur spreads them
+    if sat["applied"]:
+        x = fm.boost_highlights(x, sat["threshold"], sat["gain"])
+    # 3. blur: one PSF, or several blended by smooth masks
+    x = fft_blur(x, kernels[None].to(x.device), build_masks(params, h, w, x.device), border=params["blur"]["border"])
+    # 4. sensor: Bayer sampling, Poisson–Gaussian noise, clipping at full well
+    if bayer["applied"]:
+        x = fm.mosaic(x, bayer["cfa"])
+    if noise["applied"]:
+        eps = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(noise["noise_seed"]), dtype=torch.float32)
+        x = fm.poisson_gaussian_noise(x, noise["shot"], noise["read"], eps[None].to(x.device))
+    x = x.clamp(0, 1)
+    if bayer["applied"]:
+        x = fm.demosaic(x, bayer["cfa"]).clamp(0, 1)
+    # 5. back to display values, then the camera's JPEG
+    if ll["applied"]:
+        x = fm.from_linear(x, ll["curve"], ll["gamma"]).clamp(0, 1)
+    if jp["applied"]:
+        x = fm.jpeg(x, [jp["quality"]])
+    return x
+
+
+def _check_inputs(sharp: torch.Tensor, seeds: Sequence[int]) -> list[int]:
+    if not torch.is_tensor(sharp) or sharp.dim() != 4 or sharp.shape[1] != 3 or not sharp.is_floating_point():
+        got = tuple(sharp.shape) if torch.is_tensor(sharp) else type(sharp).__name__
+        raise ValueError(f"synthesize: sharp must be a float tensor (B, 3, H, W) in [0, 1], got {got}")
+    if torch.is_tensor(seeds):
+        seeds = seeds.tolist()
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != sharp.shape[0]:
+        raise ValueError(f"synthesize: seeds must give one int per sample, got {len(seeds)} for a batch of {sharp.shape[0]}")
+    return seeds
+
+
+def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic", seeds: Sequence[int] = ()) -> SynthesisResult:
+    """Synthesise blurry versions of ``sharp`` (B, 3, H, W), float in [0, 1], any device.
+
+    ``seeds``: one int per sample; the same (image, seed, recipe) gives the same result whatever the
+    batch, position, device or worker. ``recipe``: a built-in name, a YAML path or a ``Recipe``.
+    """
+    recipe = load_recipe(recipe)
+    seeds = _check_inputs(sharp, seeds)
+    blurry, kernels, params = [], [], []
+    for i, seed in enumerate(seeds):
+        p = sample_params(recipe, seed)
+        k = build_kernels(p)
+        blurry.append(degrade(sharp[i : i + 1], p, k))
+        kernels.append(k)
+        params.append(p)
+    out = torch.cat(blurry) if blurry else sharp.clone()
+    return SynthesisResult(blurry=out, kernels=kernels, params=params, recipe=recipe)
