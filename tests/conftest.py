@@ -25,6 +25,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray 2.60 turns on token auth for a head when ~/.ray/auth_token exists (any earlier local
+# ray.init() writes one), but `ray start --address` on the second node does not pick the mode up.
+# The test cluster is loopback-only, so one explicit mode for every process of the session.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -87,8 +91,10 @@ def _ray_cmd() -> str:
 
 
 def _start_node(args: list[str]) -> None:
-    subprocess.run([_ray_cmd(), "start", *args, "--disable-usage-stats"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    result = subprocess.run([_ray_cmd(), "start", *args, "--disable-usage-stats"],
+                            capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"ray start {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="session")
