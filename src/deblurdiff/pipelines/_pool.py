@@ -1,0 +1,82 @@
+"""Sizing the synthesis actor pool from ``ray.cluster_resources()``.
+
+Ray glue, kept in one place. Two rules learned the hard way:
+
+- Never ask for more CPU than the cluster has: a pool whose actors take every CPU leaves none for
+  the read/decode tasks upstream, and a fixed-size pool that cannot start waits forever (a pool of
+  2 one-CPU actors on a 2-CPU node hung). So callers name the CPUs other stages need
+  (``reserve_cpus``), the pool may start with one actor (``min_size=1``), and when more workers are
+  asked for than CPUs are free they share them (fractional ``num_cpus``) instead of waiting.
+- Results must not depend on the pool: CPU actors run torch on one thread each (parallelism comes
+  from actors), so ``--workers 1`` and ``--workers 4`` make the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from deblurdiff.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorPool:
+    size: int  # actors
+    num_cpus: float  # logical CPUs per actor
+    num_gpus: float  # GPUs per actor (0 on CPU clusters)
+    threads: int  # torch intra-op threads per actor
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.num_gpus > 0 else "cpu"
+
+    def strategy(self):
+        import ray.data
+
+        # One work item in flight per actor: items are large (a shard), so an idle actor should take
+        # the next one rather than find it queued behind a busy actor.
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=self.size, initial_size=self.size,
+                                          max_tasks_in_flight_per_actor=1)
+
+    def remote_args(self) -> dict:
+        # SPREAD: on a cluster, place actors on different nodes first (I/O and memory spread too).
+        args = {"num_cpus": self.num_cpus, "scheduling_strategy": "SPREAD"}
+        if self.num_gpus:
+            args["num_gpus"] = self.num_gpus
+        return args
+
+
+def size_pool(workers: int | None, n_items: int | None = None, *, use_gpu: bool | None = None,
+              reserve_cpus: float = 0.0) -> ActorPool:
+    """An actor pool for the connected cluster.
+
+    workers: actors wanted (None: one per free CPU, or one per GPU). n_items: work items (no more
+    actors than that). use_gpu: None = when the cluster has GPUs. reserve_cpus: CPUs to leave free
+    for other stages.
+    """
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
+    if use_gpu is None:
+        use_gpu = gpus >= 1
+    if use_gpu and gpus <= 0:
+        raise UsageError("GPU synthesis was requested but the Ray cluster has no GPU")
+    free = max(cpus - reserve_cpus, 0.0)
+    size = int(workers or max(1, int(gpus) if use_gpu else int(free)))
+    if n_items is not None:
+        size = max(1, min(size, n_items))
+    if use_gpu:
+        num_gpus = min(1.0, gpus / size)
+        # CPU for decode and PNG encode next to each GPU actor, leaving the reserve to the readers.
+        num_cpus = max(1.0, float(int(free / size))) if free >= size else max(free / size, 0.1)
+        threads = max(1, int(num_cpus))
+    else:
+        num_gpus = 0.0
+        num_cpus = min(1.0, free / size) if free > 0 else 0.25
+        threads = 1
+    pool = ActorPool(size=size, num_cpus=round(num_cpus, 3), num_gpus=num_gpus, threads=threads)
+    logger.info("synthesis actor pool: %s (cluster: %.0f CPU, %.0f GPU)", pool, cpus, gpus)
+    return pool

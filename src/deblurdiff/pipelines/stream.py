@@ -1,0 +1,198 @@
+"""The training source: a ``ray.data.Dataset`` of (sharp, blurry) pairs for Ray Train.
+
+Two ways to feed training (config keys ``data.shards`` / ``data.images``)::
+
+    ds = training_dataset(shards="pairs/")                    # WebDataset shards from `deblurdiff synth`
+    ds = training_dataset(images="photos/", crop=256)         # synthesise on the fly, same recipe code
+    trainer = TorchTrainer(..., datasets={"train": ds})
+    # in the worker:
+    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=8):
+        sharp, blurry = batch["sharp"], batch["blurry"]       # float32 (B, 3, H, W) in [0, 1]
+
+On the fly, the pipeline is: read raw bytes + decode + crop (Ray Data tasks) -> blur
+(``map_batches`` on an actor pool) -> rows. Pairs are the ones ``synth`` would write for the same
+seed, recipe and crop (blurry quantised to 8 bits like a PNG), so the two sources are interchangeable.
+Inputs that cannot be decoded are skipped and logged with their reason (a warning per input).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from deblurdiff.errors import UsageError
+from deblurdiff.imageio import ImageDecodeError, decode_rgb
+from deblurdiff.pipelines._pool import size_pool
+from deblurdiff.pipelines.plan import crop_box, sample_seed
+from deblurdiff.pipelines.sources import Source, list_sources, read_source, resolve_filesystem
+from deblurdiff.pipelines.stages import decode_crops, synthesize_crops
+
+__all__ = ["training_dataset", "BATCH_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_KEYS = ("sharp", "blurry")  # float32 (3, H, W) per row; (B, 3, H, W) per torch batch
+
+
+def training_dataset(*, shards=None, images=None, crop: int | None = None, recipe="realistic", seed: int = 0,
+                     crops_per_image: int = 1, filesystem=None, num_cpus: float = 0.5,
+                     synth_workers: int | None = None, synth_cpus: float | None = None,
+                     use_gpu: bool | None = None):
+    """A ``ray.data.Dataset`` whose rows are ``{"sharp", "blurry"}``, float32 (3, H, W) in [0, 1].
+
+    Give exactly one of
+
+    - ``shards``: a folder of WebDataset shards (``shard-*.tar``), a ``.tar`` path, or a list of them
+      (local or URI) -- pairs as written by ``deblurdiff synth``; ``crop`` (optional) cuts a random,
+      seeded ``crop``×``crop`` window from larger pairs;
+    - ``images``: folders / images / list files / WebDataset image shards as for ``synth``; each
+      source gives ``crops_per_image`` random ``crop``×``crop`` crops (``crop`` required) blurred
+      with ``recipe`` and ``seed`` on the fly.
+
+    Resources (so the data stages fit beside the training workers): ``num_cpus`` per read/decode
+    task; ``synth_workers`` actors of ``synth_cpus`` CPUs each for on-the-fly blur (default: from
+    the cluster, leaving one CPU to the readers); GPU actors when the cluster has GPUs and
+    ``use_gpu`` is not False. Needs a connected Ray. Iterate with
+    ``iter_torch_batches(batch_size=B)`` -> ``{"sharp", "blurry"}`` tensors (B, 3, H, W).
+    """
+    if (shards is None) == (images is None):
+        raise UsageError("data: set exactly one of data.shards (WebDataset pairs) or data.images (image folders)")
+    if shards is not None:
+        return _from_shards(_as_list(shards), crop=crop, seed=seed, filesystem=filesystem, num_cpus=num_cpus)
+    if crop is None:
+        raise UsageError("data.images: a crop size is needed for on-the-fly synthesis (set data.crop)")
+    return _from_images(_as_list(images), crop=crop, recipe=recipe, seed=seed, crops_per_image=crops_per_image,
+                        filesystem=filesystem, num_cpus=num_cpus, synth_workers=synth_workers,
+                        synth_cpus=synth_cpus, use_gpu=use_gpu)
+
+
+def _as_list(value) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+# ----------------------------------------------------------------------------- data.shards
+def list_shards(paths: list[str], filesystem=None) -> tuple[list[str], object]:
+    """The ``.tar`` files under ``paths`` (folders are listed recursively), sorted; and their filesystem."""
+    import pyarrow.fs as pafs
+
+    tars, fs_out = [], None
+    for uri in paths:
+        fs, path = resolve_filesystem(uri, filesystem)
+        fs_out = fs_out or fs
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise UsageError(f"data.shards {uri}: no such file or directory")
+        if info.type == pafs.FileType.Directory:
+            found = [i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                     if i.type == pafs.FileType.File and i.path.endswith(".tar")]
+            if not found:
+                raise UsageError(f"data.shards {uri}: no .tar shards in this folder")
+            tars.extend(sorted(found))
+        else:
+            tars.append(path)
+    return tars, fs_out
+
+
+def _from_shards(paths: list[str], *, crop, seed, filesystem, num_cpus):
+    import ray.data
+
+    tars, fs = list_shards(paths, filesystem)
+    # decoder=None: members stay raw bytes (Ray's default decoder would decode PNG with Pillow
+    # but not our way); only the two images are needed.
+    ds = ray.data.read_webdataset(tars, filesystem=fs, decoder=None, suffixes=["sharp.png", "blur.png"],
+                                  num_cpus=num_cpus)
+    return ds.map_batches(_DecodePairs, fn_constructor_kwargs={"crop": crop, "seed": seed}, batch_size=16,
+                          batch_format="numpy", num_cpus=num_cpus)
+
+
+class _DecodePairs:
+    """WebDataset rows (PNG bytes) -> float pairs, optionally cropped to ``crop`` at a seeded spot."""
+
+    def __init__(self, crop: int | None, seed: int):
+        self.crop, self.seed = crop, seed
+
+    def __call__(self, batch: dict) -> dict:
+        sharp, blurry = [], []
+        for key, s_png, b_png in zip(batch["__key__"], batch["sharp.png"], batch["blur.png"]):
+            s, b = decode_rgb(bytes(s_png)), decode_rgb(bytes(b_png))  # (H, W, 3) uint8
+            if self.crop is not None:
+                h, w = s.shape[:2]
+                if h < self.crop or w < self.crop:
+                    raise ValueError(f"data.crop {self.crop} is larger than sample {key} ({w}x{h}); "
+                                     f"lower data.crop or re-run synth with a larger --crop")
+                top, left = crop_box(self.seed, str(key), 0, h, w, self.crop)
+                s = s[top : top + self.crop, left : left + self.crop]
+                b = b[top : top + self.crop, left : left + self.crop]
+            sharp.append(s)
+            blurry.append(b)
+        return {"sharp": _chw_float(sharp), "blurry": _chw_float(blurry)}
+
+
+def _chw_float(images) -> np.ndarray:
+    """(n, H, W, 3) uint8 (array or list) -> (n, 3, H, W) float32 in [0, 1]."""
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+# ----------------------------------------------------------------------------- data.images
+def _from_images(paths, *, crop, recipe, seed, crops_per_image, filesystem, num_cpus, synth_workers, synth_cpus,
+                 use_gpu):
+    import ray.data
+
+    from deblurdiff.blur_synthesis import load_recipe
+
+    recipe = load_recipe(recipe)
+    corpus = list_sources(paths, filesystem)
+    for s in corpus.skipped:
+        logger.warning("data.images: skipping %s: %s", s.path, s.reason)
+    if not corpus.sources:
+        raise UsageError(f"data.images {' '.join(paths)}: no image files found")
+    ds = ray.data.from_items([{"source": json.dumps(s.to_dict())} for s in corpus.sources])
+    ds = ds.map_batches(_decode_crop_batch, fn_kwargs={"filesystems": corpus.filesystems, "crop": crop, "seed": seed,
+                                                       "crops_per_image": crops_per_image},
+                        batch_size=4, batch_format="numpy", num_cpus=num_cpus)
+    # Leave the readers their CPUs (a pool that takes them all starves the reads and hangs).
+    pool = size_pool(synth_workers, reserve_cpus=max(num_cpus, 1.0), use_gpu=use_gpu)
+    remote = pool.remote_args()
+    if synth_cpus is not None:
+        remote["num_cpus"] = synth_cpus
+    return ds.map_batches(_SynthesizeBatch, fn_constructor_kwargs={"recipe": recipe, "device": pool.device,
+                                                                   "threads": pool.threads},
+                          batch_size=8, batch_format="numpy", compute=pool.strategy(), **remote)
+
+
+def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_per_image: int) -> dict:
+    """Sources (JSON) -> sharp crops (n, c, c, 3) uint8 with their blur seeds; bad inputs logged, dropped."""
+    sharp, seeds = [], []
+    for text in batch["source"]:
+        source = Source.from_dict(json.loads(str(text)))
+        try:
+            crops = decode_crops(read_source(source, filesystems), source.key, list(range(crops_per_image)), crop, seed)
+        except ImageDecodeError as exc:
+            logger.warning("data.images: skipping %s: %s", source.uri, exc)
+            continue
+        for c in crops:
+            sharp.append(c.pixels)
+            seeds.append(sample_seed(seed, source.key, c.crop_index, "blur"))
+    return {"sharp_u8": np.stack(sharp) if sharp else np.zeros((0, crop, crop, 3), np.uint8),
+            "seed": np.array(seeds, dtype=np.int64)}
+
+
+class _SynthesizeBatch:
+    """Actor: sharp uint8 crops -> float pairs, blurred with the recipe (stages.synthesize_crops)."""
+
+    def __init__(self, recipe, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.recipe, self.device = recipe, device
+
+    def __call__(self, batch: dict) -> dict:
+        sharp_u8 = batch["sharp_u8"]  # (n, c, c, 3) uint8
+        if len(sharp_u8) == 0:
+            empty = np.zeros((0, 3, *sharp_u8.shape[1:3]), np.float32)
+            return {"sharp": empty, "blurry": empty}
+        blurry_u8, _, _ = synthesize_crops(sharp_u8, [int(s) for s in batch["seed"]], self.recipe, self.device)
+        return {"sharp": _chw_float(sharp_u8), "blurry": _chw_float(blurry_u8)}
+

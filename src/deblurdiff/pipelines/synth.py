@@ -1,0 +1,302 @@
+"""``run_synth``: image corpus -> WebDataset shards of (sharp, blurry) pairs, on Ray Data.
+
+The recipe, in order:
+
+1. list the sources (cheap: names and tar headers) and sort them (``sources.py``);
+2. plan the samples and shards up front (``plan.py``): shard k = samples [k·S, (k+1)·S);
+3. with ``--resume``, drop the shards already complete in OUTPUT;
+4. Ray Data: one row per shard to build -> ``map_batches(ShardBuilder)`` on an actor pool sized
+   from the cluster (``_pool.py``); each actor builds whole shards, streaming sample by sample
+   (read -> decode -> crop -> synthesize -> encode -> tar), so memory is one mini-batch per actor,
+   whatever the corpus size. Shards are written by the workers (shared storage, as for any Ray
+   Data write) under a temporary name and renamed when whole;
+5. collect the small per-shard records as they stream back, write ``manifest.json``, and return
+   a :class:`SynthSummary` (its ``line()`` is the CLI's summary line).
+
+Why whole shards per work item: shard membership must not depend on worker count or timing
+(determinism, exact resume), and a shard must be written by one process. This is the
+img2dataset layout; parallelism is the number of shards, so keep ``shard_size`` at most
+``samples / workers`` for small corpora (a warning says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deblurdiff.errors import UsageError
+from deblurdiff.imageio import ImageDecodeError
+from deblurdiff.pipelines._pool import ActorPool, size_pool
+from deblurdiff.pipelines.plan import ShardPlan, plan_digest, plan_shards, sample_key, sample_seed
+from deblurdiff.pipelines.sink import MANIFEST, STATE_DIR, OutputDir
+from deblurdiff.pipelines.sources import Skipped, list_sources, read_source, resolve_filesystem
+from deblurdiff.pipelines.stages import decode_crops, encode_sample, synthesize_crops
+
+__all__ = ["run_synth", "SynthSummary", "ShardBuilder"]
+
+logger = logging.getLogger(__name__)
+MANIFEST_FORMAT = "deblurdiff.synth/1"
+
+
+# ----------------------------------------------------------------------------- the actor
+class ShardBuilder:
+    """Ray Data actor (``map_batches`` callable class): builds the shards named by its input rows.
+
+    Input rows: ``{"plan": ShardPlan JSON}``. Output rows: ``{"record": JSON}`` — the shard's name,
+    sample count, skipped sources with reasons, node id and stage timings.
+    """
+
+    def __init__(self, *, recipe, crop: int, crops_per_image: int, seed: int, output: OutputDir,
+                 filesystems: list, batch_size: int, device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # one thread per CPU actor: same bytes whatever the pool size
+        self.recipe, self.crop, self.n, self.seed = recipe, crop, crops_per_image, seed
+        self.output, self.filesystems = output, filesystems
+        self.batch_size, self.device = batch_size, device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        records = [self.build(ShardPlan.from_json(str(text))) for text in batch["plan"]]
+        return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
+
+    def build(self, plan: ShardPlan) -> dict:
+        import ray
+
+        timings = {"read_decode_s": 0.0, "synthesis_s": 0.0, "encode_write_s": 0.0}
+        skipped: list[dict] = []
+        writer = self.output.shard_writer(plan.name)
+        pending: list[tuple] = []  # (sample index, source, Crop), flushed every batch_size samples
+        try:
+            for source, indices in plan.by_source(self.n):
+                t0 = time.perf_counter()
+                try:
+                    data = read_source(source, self.filesystems)
+                    crops = decode_crops(data, source.key, [i % self.n for i in indices], self.crop, self.seed)
+                except ImageDecodeError as exc:
+                    skipped.append({"path": source.uri, "reason": str(exc)})
+                    crops = []
+                timings["read_decode_s"] += time.perf_counter() - t0
+                for index, crop in zip(indices, crops):
+                    pending.append((index, source, crop))
+                    if len(pending) >= self.batch_size:
+                        self._flush(pending, writer, timings)
+            self._flush(pending, writer, timings)
+            record = {"name": plan.name, "samples": writer.samples, "skipped": skipped,
+                      "node": ray.get_runtime_context().get_node_id(), "timings": timings}
+            # The record goes first: a shard under its final name always has one (sink.py).
+            self.output.write_record(plan.name, record)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return record
+
+    def _flush(self, pending: list[tuple], writer, timings: dict) -> None:
+        if not pending:
+            return
+        t0 = time.perf_counter()
+        sharp = np.stack([crop.pixels for _, _, crop in pending])  # (n, c, c, 3) uint8
+        seeds = [sample_seed(self.seed, source.key, crop.crop_index, "blur") for _, source, crop in pending]
+        blurry, kernels, params = synthesize_crops(sharp, seeds, self.recipe, self.device)
+        t1 = time.perf_counter()
+        for j, (index, source, crop) in enumerate(pending):
+            meta = {
+                "key": sample_key(index, source),
+                "source": source.uri,
+                "source_key": source.key,
+                "source_size": {"height": crop.source_size[0], "width": crop.source_size[1]},
+                "crop_index": crop.crop_index,
+                "crop_box": {"top": crop.top, "left": crop.left, "height": self.crop, "width": self.crop},
+                "seed": self.seed,
+                "sample_seed": seeds[j],
+                "recipe": {"name": self.recipe.name, "hash": self.recipe.hash},
+                "params": params[j],
+            }
+            writer.add(meta["key"], encode_sample(crop.pixels, blurry[j], kernels[j], meta))
+        timings["synthesis_s"] += t1 - t0
+        timings["encode_write_s"] += time.perf_counter() - t1
+        pending.clear()
+
+
+# ----------------------------------------------------------------------------- the driver
+@dataclass
+class SynthSummary:
+    output: str
+    samples: int  # in the whole output (kept + written shards)
+    shards: int
+    shards_written: int
+    skipped: int
+    elapsed_s: float
+    samples_written: int
+    nodes: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.samples_written / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def line(self) -> str:
+        kept = self.shards - self.shards_written
+        return (f"synth: {self.samples} samples in {self.shards} shards ({self.shards_written} written, {kept} kept), "
+                f"{self.skipped} skipped inputs, {self.pairs_per_s:.2f} pairs/s -> {self.output}")
+
+
+def _settings(recipe, crop, crops_per_image, seed, shard_size, digest, n_sources) -> dict:
+    return {"recipe": {"name": recipe.name, "hash": recipe.hash}, "crop": crop, "crops_per_image": crops_per_image,
+            "seed": seed, "shard_size": shard_size, "plan_digest": digest, "sources": n_sources}
+
+
+def _check_resume(previous: dict, current: dict, output: str) -> None:
+    """A resumed run must plan the same shards: same settings, same inputs."""
+    flags = {"recipe": "--recipe", "crop": "--crop", "crops_per_image": "--crops-per-image", "seed": "--seed",
+             "shard_size": "--shard-size"}
+    for key, flag in flags.items():
+        if previous.get(key) != current[key]:
+            raise UsageError(f"--resume: {output} was started with {flag} {_show(previous.get(key))}, "
+                             f"now {_show(current[key])}; use the same settings or a new --output")
+    if previous.get("plan_digest") != current["plan_digest"]:
+        raise UsageError(f"--resume: the --input sources changed since {output} was started "
+                         f"({previous.get('sources')} then, {current['sources']} now); use a new --output")
+
+
+def _show(value) -> str:
+    return value["name"] if isinstance(value, dict) and "name" in value else str(value)
+
+
+def _check_args(crop: int, crops_per_image: int, shard_size: int, workers: int | None, batch_size: int) -> None:
+    for flag, value, low in (("--crop", crop, 8), ("--crops-per-image", crops_per_image, 1),
+                             ("--shard-size", shard_size, 1), ("--workers", workers, 1), ("batch_size", batch_size, 1)):
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise UsageError(f"{flag}: expected an integer >= {low}, got {value!r}")
+
+
+def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int = 512, crops_per_image: int = 1,
+              seed: int = 0, shard_size: int = 256, workers: int | None = None, resume: bool = False,
+              batch_size: int = 8, use_gpu: bool | None = None, filesystem=None) -> SynthSummary:
+    """Synthesise (sharp, blurry) pairs from ``inputs`` into WebDataset shards under ``output``.
+
+    Needs a connected Ray (``deblurdiff._ray.connect``). ``inputs``: folders, images, WebDataset
+    ``.tar`` shards or list files, local or any pyarrow/fsspec URI (``sources.py``). ``workers``:
+    synthesis actors (default: one per CPU, or per GPU). ``filesystem``: a pyarrow or fsspec
+    filesystem for inputs and output when URIs alone do not say how to reach them.
+    Raises UsageError for bad arguments, missing inputs, or an output that already holds a run
+    (unless ``resume``).
+    """
+    import ray
+    import ray.data
+
+    from deblurdiff.blur_synthesis import load_recipe
+
+    started = time.perf_counter()
+    _check_args(crop, crops_per_image, shard_size, workers, batch_size)
+    if not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
+    try:
+        recipe = load_recipe(recipe)
+    except UsageError as exc:
+        raise UsageError(f"--recipe: {exc}") from None
+
+    # 1-2. list, sort and plan
+    out_fs, out_path = resolve_filesystem(str(output), filesystem)
+    out = OutputDir(out_fs, out_path, str(output))
+    out.check_is_dir()
+    corpus = list_sources([str(p) for p in inputs], filesystem)
+    if not corpus.sources:
+        why = f" ({len(corpus.skipped)} files skipped, e.g. {corpus.skipped[0].path}: {corpus.skipped[0].reason})" \
+            if corpus.skipped else ""
+        raise UsageError(f"--input {' '.join(map(str, inputs))}: no image files found{why}")
+    plans = plan_shards(corpus, crops_per_image, shard_size)
+    settings = _settings(recipe, crop, crops_per_image, seed, shard_size, plan_digest(corpus), len(corpus.sources))
+
+    # 3. a fresh output, or the shards a previous run did not finish
+    done: dict[str, dict] = {}
+    if out.has_run():
+        if not resume:
+            raise UsageError(f"--output {output}: already holds a synth run (shards or {MANIFEST}); "
+                             f"pass --resume to finish it, or choose an empty directory")
+        previous = out.read_json(STATE_DIR, "run.json")
+        if previous is not None:
+            _check_resume(previous, settings, str(output))
+        done = out.complete_shards()
+    out.prepare()
+    out.write_json(settings, STATE_DIR, "run.json")
+    todo = [p for p in plans if p.name not in done]
+    done = {p.name: done[p.name] for p in plans if p.name in done}  # only this plan's shards count
+
+    # 4. build the missing shards on an actor pool
+    records = dict(done)
+    if todo:
+        pool = size_pool(workers, len(todo), use_gpu=use_gpu)
+        if pool.size < (workers or 0) or len(todo) < pool.size:
+            logger.warning("only %d shards to build for %d workers: lower --shard-size for more parallelism",
+                           len(todo), workers or pool.size)
+        for record in _build_shards(todo, pool, recipe=recipe, crop=crop, crops_per_image=crops_per_image,
+                                    seed=seed, output=out, filesystems=corpus.filesystems, batch_size=batch_size):
+            records[record["name"]] = record
+            logger.info("%s: %d samples, %d skipped", record["name"], record["samples"], len(record["skipped"]))
+
+    # 5. the manifest and the summary
+    elapsed = time.perf_counter() - started
+    summary = _write_manifest(out, plans, records, corpus.skipped, settings, [str(p) for p in inputs],
+                              written={p.name for p in todo}, elapsed=elapsed)
+    if summary.samples == 0:
+        raise UsageError(f"--input: none of the {len(corpus.sources)} images gave a sample "
+                         f"(all skipped; reasons in {out.join(MANIFEST)})")
+    return summary
+
+
+def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
+    """Yield each shard's record as its actor finishes it (Ray Data shows the progress bars)."""
+    import ray.data
+
+    ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        ShardBuilder,
+        fn_constructor_kwargs=dict(builder_kwargs, device=pool.device, threads=pool.threads),
+        batch_size=1,
+        compute=pool.strategy(),
+        **pool.remote_args(),
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["record"])
+
+
+def _write_manifest(out: OutputDir, plans: list[ShardPlan], records: dict[str, dict], listing_skipped: list[Skipped],
+                    settings: dict, inputs: list[str], written: set[str], elapsed: float) -> SynthSummary:
+    skipped: dict[str, str] = {s.path: s.reason for s in listing_skipped}
+    shards, timings = [], {"read_decode_s": 0.0, "synthesis_s": 0.0, "encode_write_s": 0.0}
+    for plan in plans:
+        record = records[plan.name]
+        shards.append({"name": plan.name, "samples": record["samples"], "node": record.get("node")})
+        for item in record["skipped"]:
+            skipped.setdefault(item["path"], item["reason"])  # a source may straddle two shards
+        if plan.name in written:
+            for k in timings:
+                timings[k] += record["timings"].get(k, 0.0)
+    samples = sum(s["samples"] for s in shards)
+    samples_written = sum(records[n]["samples"] for n in written)
+    summary = SynthSummary(output=out.uri, samples=samples, shards=len(shards), shards_written=len(written),
+                           skipped=len(skipped), elapsed_s=elapsed, samples_written=samples_written,
+                           nodes=sorted({records[n]["node"] for n in written if records[n].get("node")}),
+                           timings=timings)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "recipe": settings["recipe"],
+        "seed": settings["seed"],
+        "crop": settings["crop"],
+        "crops_per_image": settings["crops_per_image"],
+        "shard_size": settings["shard_size"],
+        "inputs": inputs,
+        "shards": shards,
+        "totals": {"sources": settings["sources"], "samples": samples, "shards": len(shards), "skipped": len(skipped)},
+        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
+        "last_run": {"shards_written": len(written), "samples_written": samples_written,
+                     "elapsed_s": round(elapsed, 3), "pairs_per_s": round(summary.pairs_per_s, 3),
+                     "nodes": summary.nodes, "timings_s": {k: round(v, 3) for k, v in timings.items()}},
+    }
+    out.write_json(manifest, MANIFEST)
+    return summary
