@@ -19,7 +19,6 @@ fields, the model takes ``max_batch_size`` / ``batch_wait_timeout_s`` (``max_bat
 batching off).
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -197,7 +196,7 @@ class DeblurIngress:
         try:
             rgb = await asyncio.to_thread(decode_rgb, data, max_pixels=limits.max_pixels)
         except ImageDecodeError as exc:
-            raise ApiError(400, "invalid_image", f"image: not a decodable image ({exc})") from None
+            raise ApiError(400, "invalid_image", f"image: not a decodable image: {exc}") from None
         del data, body
         # 4. inference in the model deployment, bounded by request_timeout_s
         result = await self._infer(

@@ -95,7 +95,7 @@ def check_image(data: bytes, limits: Limits) -> tuple[int, int, str]:
         reason = str(exc)
         if "too many pixels" in reason:  # Pillow's own bomb guard fired while reading the header
             raise ApiError(413, "too_many_pixels", f"image: {reason}") from None
-        raise ApiError(400, "invalid_image", f"image: not a decodable image ({reason})") from None
+        raise ApiError(400, "invalid_image", f"image: not a decodable image: {reason}") from None
     if fmt not in ACCEPTED_FORMATS:
         raise ApiError(415, "unsupported_media_type",
                        f"image: format {fmt.upper()} is not accepted; send PNG, JPEG or WebP")

@@ -87,7 +87,13 @@ class ServeRunner:
             if self.address is None and not _port_free(self.host, self.port):
                 raise UsageError(f"--port {self.port}: already in use on {self.host} (choose another with --port)")
             self._started_ray = self.address is None
-            connect(self.address)
+            if self.address is None:
+                # "local", not None: ray.init(address=None) would join any `ray start` cluster it finds
+                # on this machine (/tmp/ray/ray_current_cluster), and we promised our own instance.
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                connect("local", include_dashboard=False)
+            else:
+                connect(self.address)
         try:
             self._started_serve = not _serve_running()
             serve.start(http_options={"host": self.host, "port": self.port}, proxy_location="HeadOnly")
