@@ -1,0 +1,59 @@
+"""The conditioning branch: a ControlNet whose hint lives at latent resolution (DESIGN §1, step 3).
+
+diffusers' stock ``ControlNetModel`` encodes a *pixel-space* hint with a strided conv stack. DeblurDiff's
+hint ``cat([z_b, ẑ])`` is already a latent, so it enters through one zero-initialised conv added to
+``conv_in(x_t)`` (equivalently a 12-channel ``conv_in`` whose 8 extra input channels start at zero).
+Everything else is diffusers' ControlNet: the encoder and middle block copied from the UNet
+(``from_unet``) and 13 zero-initialised 1×1 convs whose outputs are added to the frozen UNet's 12 skip
+connections and its middle block (for SD-2.1's four levels).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from diffusers import ControlNetModel, ModelMixin  # noqa: F401 - see below
+from torch import nn
+
+# diffusers' pipeline loader finds a custom component's load method by looking up its base classes
+# (ModelMixin, ...) as attributes of the component's *module*, so ModelMixin must be importable here.
+
+__all__ = ["LatentControlNet", "LatentHintEmbedding"]
+
+
+class LatentHintEmbedding(nn.Module):
+    """hint (B, 2C, h, w) -> (B, block_out_channels[0], h, w); starts at exactly zero.
+
+    Same kernel size and padding as the UNet's ``conv_in`` and no bias (``conv_in`` already has
+    one), so ``conv_in(x_t) + hint_conv(hint)`` is the 12-channel ``conv_in`` split in two.
+    """
+
+    def __init__(self, hint_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(hint_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        nn.init.zeros_(self.conv.weight)
+
+    def forward(self, hint):
+        return self.conv(hint)
+
+
+class LatentControlNet(ControlNetModel):
+    """``ControlNetModel`` with the latent-resolution hint embedding.
+
+    Build it from the base UNet like any ControlNet:
+    ``LatentControlNet.from_unet(unet, conditioning_channels=2 * C)`` copies ``conv_in``, the time
+    embedding, the down blocks and the middle block. Call it as diffusers' ControlNet, with
+    ``controlnet_cond=cat([z_b, ẑ])`` at latent resolution. The config is ControlNetModel's (the
+    unused ``conditioning_embedding_out_channels`` is kept only for that reason), so
+    ``save_pretrained``/``from_pretrained`` work unchanged.
+    """
+
+    # Same signature as ControlNetModel.__init__ (functools.wraps sets __wrapped__, which diffusers'
+    # config machinery reads), so the config keys and their defaults are exactly ControlNetModel's.
+    @functools.wraps(ControlNetModel.__init__)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Replace the pixel-space hint encoder (strided convs) by one zero conv at latent resolution.
+        self.controlnet_cond_embedding = LatentHintEmbedding(
+            self.config.conditioning_channels, self.config.block_out_channels[0]
+        )

@@ -1,0 +1,122 @@
+"""One denoising step's network math, and the co-training loss — used by both inference and training.
+
+``predict_noise`` is THE forward pass (LKPN + EAC -> ControlNet -> UNet); the pipeline's sampling loop
+and ``training_step`` both call it, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LossTerms", "NoisePrediction", "deblurdiff_loss", "predict_noise", "training_step"]
+
+
+@dataclass
+class NoisePrediction:
+    eps: torch.Tensor  # predicted noise, (B, C, h, w)
+    z_hat: torch.Tensor  # ẑ = EAC(z_b, K) + z_b, (B, C, h, w)
+    kernels: torch.Tensor  # K, (B, C·k², h, w)
+
+
+@dataclass
+class LossTerms:
+    loss: torch.Tensor  # eps_loss + λ · latent_loss (what to backpropagate)
+    eps_loss: torch.Tensor  # MSE(eps_pred, eps)
+    latent_loss: torch.Tensor  # MSE(ẑ, z_0)
+
+    def as_floats(self) -> dict[str, float]:
+        return {"loss": self.loss.item(), "eps_loss": self.eps_loss.item(), "latent_loss": self.latent_loss.item()}
+
+
+def predict_noise(
+    unet: nn.Module,
+    controlnet: nn.Module,
+    lkpn: nn.Module,
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    z_blur: torch.Tensor,
+    context: torch.Tensor,
+    control_scale: float = 1.0,
+) -> NoisePrediction:
+    """eps(x_t, t | z_b) with iterative refinement: LKPN + EAC re-run on this step's x_t.
+
+    x_t, z_blur: (B, C, h, w); timestep: scalar or (B,); context: (B, L, D).
+    """
+    # 1. LKPN predicts per-pixel kernels from (z_b, x_t); EAC applies them to the ORIGINAL z_b.
+    lk = lkpn(z_blur, x_t, timestep, context)
+    # 2. ControlNet reads x_t plus the latent hint cat([z_b, ẑ]) -> 12 skip residuals + 1 middle residual.
+    down_res, mid_res = controlnet(
+        x_t, timestep, encoder_hidden_states=context,
+        controlnet_cond=torch.cat([z_blur, lk.z_hat], dim=1),
+        conditioning_scale=control_scale, return_dict=False,
+    )
+    # 3. The (frozen) UNet predicts eps with the residuals added to its skips and middle block.
+    eps = unet(
+        x_t, timestep, encoder_hidden_states=context,
+        down_block_additional_residuals=down_res, mid_block_additional_residual=mid_res,
+    ).sample
+    return NoisePrediction(eps=eps, z_hat=lk.z_hat, kernels=lk.kernels)
+
+
+def deblurdiff_loss(eps_pred: torch.Tensor, eps: torch.Tensor, z_hat: torch.Tensor, z_0: torch.Tensor,
+                    latent_weight: float = 1.0) -> LossTerms:
+    """loss = MSE(eps_pred, eps) + λ · MSE(ẑ, z_0)   (DESIGN §1, λ = 1). Computed in fp32."""
+    eps_loss = F.mse_loss(eps_pred.float(), eps.float())
+    latent_loss = F.mse_loss(z_hat.float(), z_0.float())
+    return LossTerms(loss=eps_loss + latent_weight * latent_loss, eps_loss=eps_loss, latent_loss=latent_loss)
+
+
+def training_step(
+    unet: nn.Module,
+    controlnet: nn.Module,
+    lkpn: nn.Module,
+    noise_scheduler,
+    z_0: torch.Tensor,
+    z_blur: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    context: torch.Tensor,
+    latent_weight: float = 1.0,
+) -> LossTerms:
+    """Loss terms for one co-training batch (no backward, no optimiser step).
+
+    z_0: sharp latents, z_blur: blurry latents z_b (both scaled, (B, C, h, w));
+    noise: eps ~ N(0, I) like z_0; timesteps: (B,) ints in [0, T); context: (B, L, D).
+    """
+    # Forward diffusion q(x_t | z_0): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps.
+    x_t = noise_scheduler.add_noise(z_0, noise, timesteps)
+    pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context)
+    return deblurdiff_loss(pred.eps, noise, pred.z_hat, z_0, latent_weight)
+
+
+class CoTrainingModule(nn.Module):
+    """The trainable parts as ONE ``nn.Module`` whose ``forward`` returns the loss terms.
+
+    Hand it to DeepSpeed (``deepspeed.initialize(model=CoTrainingModule(pipe), ...)``): only the
+    pipeline's trainable components (``pipe.trainable_modules()``) are registered children, so the
+    engine, the optimiser and checkpoints see exactly those. The frozen parts are held as plain
+    attributes: they are called, never registered, never updated. The modules are the pipeline's own
+    objects, so after training ``pipe.save_pretrained(dir)`` exports the trained weights.
+    """
+
+    def __init__(self, pipeline, latent_weight: float = 1.0):
+        super().__init__()
+        trainable = pipeline.trainable_modules()
+        for name, module in trainable.items():
+            self.add_module(name, module)
+        # Frozen parts, deliberately NOT registered as submodules (object.__setattr__ skips nn.Module).
+        object.__setattr__(self, "_frozen", {n: getattr(pipeline, n) for n in ("unet", "controlnet", "lkpn")
+                                             if n not in trainable})
+        self.noise_scheduler = pipeline.scheduler
+        self.latent_weight = latent_weight
+
+    def part(self, name: str) -> nn.Module:
+        return self._modules[name] if name in self._modules else self._frozen[name]
+
+    def forward(self, z_0, z_blur, noise, timesteps, context) -> LossTerms:
+        return training_step(self.part("unet"), self.part("controlnet"), self.part("lkpn"), self.noise_scheduler,
+                             z_0, z_blur, noise, timesteps, context, self.latent_weight)

@@ -1,0 +1,165 @@
+"""Model sizes as builder functions: ``tiny()`` (CPU, the embedded default) and ``sd21()`` (the paper).
+
+Each returns ``PipelineParts``; ``DeblurDiffPipeline.from_preset(name, ...)`` wraps them. ``PRESETS``
+maps the public names to the builders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from deblurdiff.errors import UsageError
+from deblurdiff.models.autoencoder import ExactAutoencoder
+from deblurdiff.models.controlnet import LatentControlNet
+from deblurdiff.models.lkpn import LKPN
+from deblurdiff.models.text import NullTextEmbedding, encode_empty_prompt
+
+__all__ = ["PRESETS", "PipelineParts", "ddpm_scheduler", "sd21", "sd21_unet_config", "sd21_vae_config", "tiny"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineParts:
+    vae: torch.nn.Module
+    unet: UNet2DConditionModel
+    controlnet: LatentControlNet
+    lkpn: LKPN
+    null_text: NullTextEmbedding
+    scheduler: DDPMScheduler
+    trainable: tuple[str, ...]  # component names the training recipe optimises
+    blurry_range: str  # "unit": z_b encoded from [0, 1] (released-weights quirk); "signed": from [-1, 1]
+
+
+def ddpm_scheduler() -> DDPMScheduler:
+    """SD-2.1's noise schedule with the released sampler: DDPM respaced to the requested step count
+    (linspace: 999 … 0), fixed-small variance, no x0 clipping, eps prediction."""
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        variance_type="fixed_small", clip_sample=False, prediction_type="epsilon", timestep_spacing="linspace",
+    )
+
+
+@contextlib.contextmanager
+def _build_on(device: str | torch.device | None, seed: int | None):
+    """Create parameters directly on ``device`` ("meta": shapes only, no memory), from a fixed seed."""
+    with contextlib.ExitStack() as stack:
+        if seed is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(seed)
+        if device is not None:
+            stack.enter_context(torch.device(device))
+        yield
+
+
+# ----------------------------------------------------------------------------------------- tiny
+def tiny(base_model: str | None = None, random_init: bool = True,
+         device: str | torch.device | None = None, seed: int = 0) -> PipelineParts:
+    """CPU-sized DeblurDiff that learns in minutes.
+
+    - Autoencoder: ``ExactAutoencoder`` (fixed, exactly invertible, latent = image resolution, C = 3),
+      so K has C·k² = 75 channels.
+    - UNet / ControlNet / LKPN: three levels (32, 64, 64 channels), one res block per level,
+      cross-attention only at the lowest resolution (self-attention at full resolution would dominate
+      the cost), an 8-token context of width 32.
+    - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
+      its UNet is a pretrained Stable Diffusion; no pretrained tiny UNet exists, and a frozen random
+      one predicts nothing useful, so the tiny preset trains its UNet too.
+    """
+    if base_model is not None:
+        raise UsageError("preset 'tiny' is built from scratch; it takes no base_model")
+    c, k = 3, 5
+    levels = dict(
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, use_linear_projection=True,
+    )
+    with _build_on(device, seed):
+        vae = ExactAutoencoder()
+        unet = UNet2DConditionModel(in_channels=c, out_channels=c, attention_head_dim=4, **levels)
+        controlnet = LatentControlNet.from_unet(unet, conditioning_channels=2 * c)
+        lkpn = LKPN(latent_channels=c, kernel_size=k, attention_heads=4, **levels)
+        # A fixed random "empty prompt" (there is no tiny text encoder): (1, 8 tokens, 32).
+        null_text = NullTextEmbedding.from_tensor(torch.randn(1, 8, 32))
+    return PipelineParts(vae, unet, controlnet, lkpn, null_text, ddpm_scheduler(),
+                         trainable=("unet", "controlnet", "lkpn"), blurry_range="signed")
+
+
+# ----------------------------------------------------------------------------------------- sd21
+def sd21_unet_config() -> dict:
+    """stabilityai/stable-diffusion-2-1-base ``unet/config.json`` (865.9M parameters)."""
+    return dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True,
+    )
+
+
+def sd21_vae_config() -> dict:
+    """stabilityai/stable-diffusion-2-1-base ``vae/config.json`` (83.7M parameters)."""
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.18215,
+    )
+
+
+def _load_frozen_sd21(base_model: str):
+    """VAE, UNet and the empty-prompt context from a diffusers SD-2.1 directory (or a named hub id)."""
+    local = os.path.isdir(base_model)
+    if not local and (base_model.count("/") != 1 or os.path.exists(base_model)):
+        raise UsageError(f"base_model {base_model!r} is neither a local diffusers directory nor a hub id "
+                         "(owner/name)")
+    try:
+        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae")
+        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet")
+        context = encode_empty_prompt(base_model)
+    except (OSError, ValueError) as exc:
+        where = "directory" if local else "hub id (needs network access and, for gated models, a token)"
+        raise UsageError(f"base_model {base_model!r}: cannot load a Stable Diffusion 2.1 {where}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return vae, unet, context
+
+
+def sd21(base_model: str | None = None, random_init: bool = False,
+         device: str | torch.device | None = None, seed: int = 0) -> PipelineParts:
+    """The paper's model on Stable Diffusion 2.1-base.
+
+    Frozen VAE + UNet (+ the empty-prompt context) come from ``base_model``; or, with
+    ``random_init=True``, the same architecture is built untrained (tests, benchmarks; with
+    ``device="meta"`` without allocating memory). LKPN is paper-size and starts at the identity; the
+    ControlNet is copied from the UNet. Trainable: ``controlnet`` + ``lkpn``.
+    """
+    if base_model is None and not random_init:
+        raise UsageError("preset 'sd21' needs base_model=<a local Stable Diffusion 2.1-base diffusers directory, "
+                         "or a hub id> (or random_init=True for an untrained model, e.g. for benchmarks)")
+    if base_model is not None and random_init:
+        raise UsageError("preset 'sd21': give base_model or random_init=True, not both")
+    if base_model is not None:
+        vae, unet, context = _load_frozen_sd21(base_model)
+        if device is not None:
+            vae, unet = vae.to(device), unet.to(device)
+    with _build_on(device, seed):
+        if base_model is None:
+            vae = AutoencoderKL(**sd21_vae_config())
+            unet = UNet2DConditionModel(**sd21_unet_config())
+            context = torch.randn(1, 77, unet.config.cross_attention_dim) * 0.5  # stands in for CLIP("")
+        controlnet = LatentControlNet.from_unet(unet, conditioning_channels=2 * unet.config.in_channels)
+        lkpn = LKPN(latent_channels=unet.config.in_channels, kernel_size=5,
+                    cross_attention_dim=unet.config.cross_attention_dim)
+        null_text = NullTextEmbedding.from_tensor(context)
+    return PipelineParts(vae, unet, controlnet, lkpn, null_text, ddpm_scheduler(),
+                         trainable=("controlnet", "lkpn"), blurry_range="unit")
+
+
+PRESETS = {"tiny": tiny, "sd21": sd21}

@@ -1,0 +1,375 @@
+"""DeblurDiffPipeline: blurry image(s) in, restored image(s) out (DESIGN §1 "Inference as released").
+
+    pipe = DeblurDiffPipeline.from_preset("tiny")                  # or .from_pretrained(model_dir)
+    out = pipe(Image.open("blurry.png"), num_inference_steps=20, sampler="dpmpp",
+               generator=torch.Generator().manual_seed(0))
+    out.images[0].save("restored.png")
+
+Per step (iterative refinement): LKPN predicts kernels from (z_b, x_t), EAC gives ẑ = EAC(z_b, K) + z_b,
+the ControlNet reads x_t and cat([z_b, ẑ]), the frozen UNet predicts eps, the scheduler steps
+x_t -> x_{t-1}. The networks' math lives in ``deblurdiff.models.predict_noise`` (shared with training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from deblurdiff.errors import UsageError
+from deblurdiff.models.objective import NoisePrediction, predict_noise
+from deblurdiff.models.presets import PRESETS
+
+__all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "SAMPLERS", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
+
+
+def _ddpm(config) -> DDPMScheduler:
+    # The released sampler: DDPM respaced to N steps (linspace 999…0), fixed-small variance, no clipping.
+    return DDPMScheduler.from_config(config)
+
+
+def _dpmpp(config) -> DPMSolverMultistepScheduler:
+    # Fast multistep sampler: DPM-Solver++ (2nd order, deterministic), good at ~20 steps.
+    return DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", solver_order=2, variance_type=None
+    )
+
+
+# Sampler name -> scheduler factory over the pipeline's (DDPM) scheduler config. Schedulers are
+# swapped, never forked: both are diffusers' own with the same noise schedule.
+_SCHEDULERS = {"ddpm": _ddpm, "dpmpp": _dpmpp}
+SAMPLERS = tuple(_SCHEDULERS)  # what the CLI and the HTTP API accept
+COLOUR_FIXES = ("adain", "none")
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class DeblurDiffPipelineOutput(BaseOutput):
+    """``images``: list of PIL images ("pil"), float (B, H, W, 3) array ("np") or (B, 3, H, W) tensor
+    ("pt") in [0, 1]; a list of arrays/tensors when the inputs had different sizes.
+
+    With ``return_intermediates=True``, per denoising step (same order as ``timesteps``), on the CPU,
+    cropped to the input's latent extent: ``z_hat`` (ẑ, (B, C, h, w)) and ``kernels`` (K, (B, C·k², h, w)).
+    For a batch of mixed sizes each entry is a list over the inputs.
+    """
+
+    images: list | np.ndarray | torch.Tensor
+    z_hat: list | None = None
+    kernels: list | None = None
+    timesteps: list[int] | None = None
+
+
+class DeblurDiffPipeline(DiffusionPipeline):
+    """DeblurDiff on diffusers: ``vae``, ``unet`` (frozen), ``controlnet`` + ``lkpn`` (trained),
+    ``scheduler`` (DDPM, the released sampler's config) and ``null_text`` (the cached empty-prompt
+    context). Pipeline config: ``preset`` (the preset it was built from), ``trainable_components``,
+    ``blurry_range`` ("unit": z_b is encoded from [0, 1], a quirk of the released SD-2.1 weights;
+    "signed": from [-1, 1] like z_0).
+    """
+
+    model_cpu_offload_seq = "lkpn->controlnet->unet->vae"
+
+    def __init__(self, vae, unet, controlnet, lkpn, scheduler, null_text, preset="custom",
+                 trainable_components=("controlnet", "lkpn"), blurry_range="unit"):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, controlnet=controlnet, lkpn=lkpn, scheduler=scheduler,
+                              null_text=null_text)
+        if blurry_range not in ("unit", "signed"):
+            raise ValueError(f"blurry_range must be 'unit' or 'signed', got {blurry_range!r}")
+        self.register_to_config(preset=preset, trainable_components=list(trainable_components),
+                                blurry_range=blurry_range)
+        # Gradients can only ever reach the trainable parts.
+        for name in ("vae", "unet", "controlnet", "lkpn", "null_text"):
+            getattr(self, name).requires_grad_(name in trainable_components)
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, base_model: str | None = None, random_init: bool = False, *,
+                    device: str | torch.device | None = None, torch_dtype: torch.dtype | None = None,
+                    seed: int = 0) -> "DeblurDiffPipeline":
+        """Build a preset: ``"tiny"`` (random init, CPU-sized; the embedded default) or ``"sd21"``
+        (frozen parts from ``base_model``, a local diffusers dir or a hub id; or ``random_init=True``).
+
+        ``device="meta"`` builds shapes only (parameter counting); ``seed`` fixes the random init.
+        """
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        parts = PRESETS[name](base_model=base_model, random_init=random_init, device=device, seed=seed)
+        pipe = cls(vae=parts.vae, unet=parts.unet, controlnet=parts.controlnet, lkpn=parts.lkpn,
+                   scheduler=parts.scheduler, null_text=parts.null_text, preset=name,
+                   trainable_components=parts.trainable, blurry_range=parts.blurry_range)
+        if torch_dtype is not None:
+            pipe.to(dtype=torch_dtype)
+        return pipe
+
+    # ------------------------------------------------------------------------------ building blocks
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (8 for SD's VAE, 1 for the tiny ExactAutoencoder)."""
+        cfg = self.vae.config
+        if "downsample_factor" in cfg:
+            return int(cfg.downsample_factor)
+        return 2 ** (len(cfg.block_out_channels) - 1)
+
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are padded to a multiple of this many pixels (64 for SD-2.1): every level of the
+        UNets must see an even size."""
+        levels = max(len(self.unet.config.block_out_channels), len(self.lkpn.unet.config.block_out_channels))
+        return self.vae_scale_factor * 2 ** (levels - 1)
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        """Components the training recipe optimises (sd21: controlnet + lkpn; tiny: + unet)."""
+        return {name: getattr(self, name) for name in self.config.trainable_components}
+
+    def null_text_embedding(self, batch_size: int) -> torch.Tensor:
+        """The cached empty-prompt context, (batch_size, L, D)."""
+        return self.null_text(batch_size)
+
+    def encode(self, image: torch.Tensor, *, blurry: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Image (B, 3, H, W) in [0, 1] -> scaled latent z (B, C, H/f, W/f), float32.
+
+        ``blurry=True`` gives z_b, else z_0. H and W must suit the VAE (multiples of f); the pipeline
+        pads before encoding. Sampled from the posterior (the released model's z_b is a sample).
+        """
+        x = image.to(self.vae.device, self.vae.dtype)
+        if not (blurry and self.config.blurry_range == "unit"):
+            x = x * 2 - 1
+        z = self.vae.encode(x).latent_dist.sample(generator)
+        return z.float() * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latent (B, C, h, w) -> image (B, 3, h·f, w·f) in [0, 1], float32."""
+        x = self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def make_scheduler(self, sampler: str):
+        """A fresh scheduler for ``sampler`` (per call: concurrent calls never share step state)."""
+        if sampler not in _SCHEDULERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        return _SCHEDULERS[sampler](self.scheduler.config)
+
+    # ------------------------------------------------------------------------------ __call__
+    def check_inputs(self, num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type):
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
+            raise ValueError(f"num_inference_steps must be an integer in [1, 1000], got {num_inference_steps!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if colour_fix not in COLOUR_FIXES and colour_fix is not None:
+            raise ValueError(f"colour_fix must be one of {', '.join(COLOUR_FIXES)} or None, got {colour_fix!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if tile_size is None and tile_stride is not None:
+            raise ValueError("tile_stride needs tile_size")
+        if tile_size is not None:
+            m = self.pad_multiple
+            if not isinstance(tile_size, int) or tile_size <= 0 or tile_size % m:
+                raise ValueError(f"tile_size must be a positive multiple of {m} pixels, got {tile_size!r}")
+            f = self.vae_scale_factor
+            if tile_stride is not None and (not isinstance(tile_stride, int) or not 0 < tile_stride <= tile_size
+                                            or tile_stride % f):
+                raise ValueError(f"tile_stride must be a multiple of {f} pixels in (0, tile_size={tile_size}], "
+                                 f"got {tile_stride!r}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        sampler: str = "ddpm",
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+        colour_fix: str | None = "adain",
+        output_type: str = "pil",
+        return_intermediates: bool = False,
+        control_scale: float = 1.0,
+    ) -> DeblurDiffPipelineOutput:
+        """Deblur ``image``: a PIL image, an (H, W, 3) / (B, H, W, 3) array (uint8, or float in [0, 1]),
+        a (3, H, W) / (B, 3, H, W) tensor in [0, 1], or a list of those. Any size: inputs are padded
+        to ``pad_multiple`` and the outputs cropped back to the input sizes.
+
+        Args:
+            num_inference_steps: denoising steps (50 with "ddpm" is the released setting; 20 with "dpmpp").
+            generator: makes the result deterministic (z_b sampling, x_T and DDPM noise all draw from it).
+            sampler: one of ``SAMPLERS``: "ddpm" (released) or "dpmpp" (DPM-Solver++).
+            tile_size / tile_stride: latent tiling for large images, in image pixels (sd21: 512 / 256 =
+                the released 64 / 32 latent tiles); eps of overlapping tiles is blended with Gaussian weights.
+            colour_fix: "adain" matches each output channel's mean/std to the input's; "none" skips it.
+            return_intermediates: also return the per-step ẑ and kernels.
+        """
+        # 1. check inputs
+        self.check_inputs(num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type)
+        images, single_size = _to_tensors(image)
+
+        # 2. restore each run of same-sized images as one batch
+        groups = [torch.stack(images)] if single_size else [img[None] for img in images]
+        results = [
+            self._restore(x, num_inference_steps, generator, sampler, tile_size, tile_stride,
+                          colour_fix, return_intermediates, control_scale)
+            for x in groups
+        ]
+
+        # 3. post-process
+        restored = [r[0] for r in results]
+        out_images = _postprocess(restored, output_type, single_size)
+        if not return_intermediates:
+            return DeblurDiffPipelineOutput(images=out_images)
+        z_hats = results[0][1] if single_size else [r[1] for r in results]
+        kernels = results[0][2] if single_size else [r[2] for r in results]
+        return DeblurDiffPipelineOutput(images=out_images, z_hat=z_hats, kernels=kernels, timesteps=results[0][3])
+
+    def _restore(self, x, steps, generator, sampler, tile_size, tile_stride, colour_fix, keep, control_scale):
+        """x: (B, 3, H, W) float in [0, 1] -> (restored (B, 3, H, W) float on CPU, ẑ list, K list, timesteps)."""
+        device, dtype = self._execution_device, self.unet.dtype
+        b, _, h, w = x.shape
+        f = self.vae_scale_factor
+        # 1. pad to what the networks need (reflect where possible), remember the latent extent
+        x = x.to(device)
+        x_pad = _pad_to_multiple(x, self.pad_multiple)
+        lh, lw = math.ceil(h / f), math.ceil(w / f)
+
+        # 2. z_b and the empty-prompt context
+        z_b = self.encode(x_pad, blurry=True, generator=generator)  # (B, C, H'/f, W'/f)
+        context = self.null_text_embedding(b).to(device, dtype)
+
+        # 3. timesteps
+        scheduler = self.make_scheduler(sampler)
+        scheduler.set_timesteps(steps, device=device)
+
+        # 4. x_T ~ N(0, I); latents stay fp32 across steps, the networks may run in bf16
+        latents = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
+        latents = latents * scheduler.init_noise_sigma
+        tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
+            if tile_size else None
+
+        # 5. denoising loop: LKPN + EAC re-run on every x_t (iterative refinement), always on the original z_b
+        z_hats, kernels, timesteps = [], [], []
+        for t in self.progress_bar(scheduler.timesteps):
+            x_in = scheduler.scale_model_input(latents, t)
+            pred = self._predict_noise(x_in.to(dtype), t, z_b.to(dtype), context, tiles, control_scale)
+            latents = scheduler.step(pred.eps.float(), t, latents, generator=generator).prev_sample
+            if keep:
+                z_hats.append(pred.z_hat[..., :lh, :lw].float().cpu())
+                kernels.append(pred.kernels[..., :lh, :lw].float().cpu())
+                timesteps.append(int(t))
+
+        # 6. decode, crop the padding, colour fix
+        y = self.decode(latents)[..., :h, :w]
+        if colour_fix == "adain":
+            y = adain_colour_fix(y, x)
+        return y.clamp(0, 1).cpu(), z_hats, kernels, timesteps
+
+    def _predict_noise(self, x_t, t, z_b, context, tiles, control_scale) -> NoisePrediction:
+        """``predict_noise`` on the whole latent, or tile by tile with Gaussian-weighted blending."""
+        if tiles is None:
+            return predict_noise(self.unet, self.controlnet, self.lkpn, x_t, t, z_b, context, control_scale)
+        eps = z_hat = kern = weight_sum = None
+        for (y0, y1, x0, x1) in tiles:
+            p = predict_noise(self.unet, self.controlnet, self.lkpn, x_t[..., y0:y1, x0:x1], t,
+                              z_b[..., y0:y1, x0:x1], context, control_scale)
+            if eps is None:
+                eps = x_t.new_zeros(x_t.shape, dtype=torch.float32)
+                z_hat = torch.zeros_like(eps)
+                kern = eps.new_zeros((*eps.shape[:1], p.kernels.shape[1], *eps.shape[2:]))
+                weight_sum = eps.new_zeros((1, 1, *eps.shape[2:]))
+            wt = _gaussian_weights(y1 - y0, x1 - x0, eps.device)  # (1, 1, th, tw)
+            eps[..., y0:y1, x0:x1] += p.eps.float() * wt
+            z_hat[..., y0:y1, x0:x1] += p.z_hat.float() * wt
+            kern[..., y0:y1, x0:x1] += p.kernels.float() * wt
+            weight_sum[..., y0:y1, x0:x1] += wt
+        return NoisePrediction(eps=eps / weight_sum, z_hat=z_hat / weight_sum, kernels=kern / weight_sum)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def adain_colour_fix(restored: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """AdaIN: per image and channel, give ``restored`` the mean and std of ``reference``. (B, 3, H, W)."""
+    mu_r, std_r = restored.mean((2, 3), keepdim=True), (restored.var((2, 3), keepdim=True) + eps).sqrt()
+    mu_i, std_i = reference.mean((2, 3), keepdim=True), (reference.var((2, 3), keepdim=True) + eps).sqrt()
+    return (restored - mu_r) / std_r * std_i + mu_i
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad right/bottom to a multiple: reflect (no hard edge for the networks) when the image is
+    large enough, else replicate."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _latent_tiles(shape, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) latent windows of ``tile`` (clipped to the latent) covering it with ``stride``."""
+    h, w = shape
+    th, tw = min(tile, h), min(tile, w)
+    return [(y, y + th, x, x + tw) for y in _tile_starts(h, tile, stride) for x in _tile_starts(w, tile, stride)]
+
+
+def _gaussian_weights(h: int, w: int, device) -> torch.Tensor:
+    """Separable Gaussian centred on the tile (variance 0.01 of the tile size²), (1, 1, h, w)."""
+    def axis(n):
+        pos = torch.arange(n, device=device, dtype=torch.float32)
+        return torch.exp(-((pos - (n - 1) / 2) ** 2) / (n * n) / (2 * 0.01))
+    return (axis(h)[:, None] * axis(w)[None, :])[None, None]
+
+
+def _to_tensors(image) -> tuple[list[torch.Tensor], bool]:
+    """Inputs -> list of (3, H, W) float32 tensors in [0, 1]; and whether they share one size."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not items:
+        raise ValueError("image: expected at least one image, got an empty list")
+    tensors = []
+    for item in items:
+        tensors.extend(_one_input(item))
+    return tensors, len({t.shape for t in tensors}) == 1
+
+
+def _one_input(item) -> list[torch.Tensor]:
+    if isinstance(item, PIL.Image.Image):
+        item = np.asarray(item.convert("RGB"))
+    if isinstance(item, np.ndarray):
+        if item.ndim not in (3, 4) or item.shape[-1] != 3:
+            raise ValueError(f"image: expected an (H, W, 3) or (B, H, W, 3) array, got shape {item.shape}")
+        item = torch.from_numpy(np.ascontiguousarray(item)).movedim(-1, -3)
+    if not isinstance(item, torch.Tensor):
+        raise ValueError(f"image: expected a PIL image, numpy array or torch tensor, got {type(item).__name__}")
+    if item.ndim not in (3, 4) or item.shape[-3] != 3:
+        raise ValueError(f"image: expected a (3, H, W) or (B, 3, H, W) tensor, got shape {tuple(item.shape)}")
+    if item.dtype == torch.uint8:
+        item = item.float() / 255
+    elif item.is_floating_point():
+        item = item.float()
+        lo, hi = item.min().item(), item.max().item()
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"image: float values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+        item = item.clamp(0, 1)
+    else:
+        raise ValueError(f"image: expected uint8 or float values, got {item.dtype}")
+    return list(item) if item.ndim == 4 else [item]
+
+
+def _postprocess(restored: list[torch.Tensor], output_type: str, single_size: bool):
+    """restored: list of (B, 3, H, W) float CPU tensors in [0, 1]."""
+    if output_type == "pt":
+        return restored[0] if single_size else [r[0] for r in restored]
+    arrays = [r.permute(0, 2, 3, 1).numpy() for r in restored]  # (B, H, W, 3)
+    if output_type == "np":
+        return arrays[0] if single_size else [a[0] for a in arrays]
+    return [PIL.Image.fromarray((img * 255).round().astype(np.uint8)) for a in arrays for img in a]
