@@ -1,10 +1,13 @@
-"""Element-wise Adaptive Convolution (EAC). PROVISIONAL: reference implementation until the
-custom op lands (issue 3)."""
+"""Element-wise Adaptive Convolution (EAC), DeblurDiff's per-pixel kernel op (DESIGN.md §1).
 
-from deblurdiff.ops.reference import eac_reference as eac
+- :func:`eac` — ``eac(input, kernel, kernel_size)``, the ``deblurdiff::eac`` custom op (autograd,
+  ``torch.compile``); compiled C++ (CPU, OpenMP + SIMD) and CUDA kernels built on first use.
+- :func:`eac_backend` — which implementation runs on a device: ``"cpu"``, ``"cuda"``, or
+  ``"cpu-torch"`` / ``"cuda-torch"`` when the build failed (a logged warning says why).
+- :mod:`deblurdiff.ops.reference` — the slow float64-friendly reference and the ``F.unfold``
+  formulation (tests' ground truth, benchmark baseline).
+"""
 
-__all__ = ["eac", "eac_backend"]
+from deblurdiff.ops.eac import check_eac_inputs, eac, eac_backend
 
-
-def eac_backend(device) -> str:
-    return "reference"
+__all__ = ["eac", "eac_backend", "check_eac_inputs"]

@@ -1,0 +1,144 @@
+"""Build, load and pick the EAC implementation for a device type (once per process).
+
+The compiled kernels are JIT-built with ``torch.utils.cpp_extension.load`` on first use and cached
+by torch in its extensions directory (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``),
+so only the first process on a machine pays the build (tens of seconds); later processes just load
+the ``.so``. Concurrent first builds (Ray workers) are serialised by torch's file lock.
+
+If a build fails, the pure-PyTorch path runs instead and says so: a ``RuntimeWarning`` plus a log
+line carrying the compiler's error, and :func:`deblurdiff.ops.eac_backend` returns ``"cpu-torch"`` /
+``"cuda-torch"`` rather than ``"cpu"`` / ``"cuda"``. Set ``DEBLURDIFF_EAC_BACKEND=torch`` to choose
+the PyTorch path on purpose (debugging, a machine without a compiler).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from deblurdiff.ops import _torch_impl
+
+logger = logging.getLogger("deblurdiff.ops")
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+CPU_SOURCE = CSRC / "eac_cpu.cpp"
+CUDA_SOURCE = CSRC / "eac_cuda.cu"
+BACKEND_ENV = "DEBLURDIFF_EAC_BACKEND"  # "auto" (default) or "torch"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The three kernels that run on one device type, and what they are called."""
+
+    name: str  # "cpu" | "cuda" | "cpu-torch" | "cuda-torch"
+    forward: Callable  # (input, kernel, k) -> out
+    grad_input: Callable  # (grad_out, kernel, k) -> grad_input
+    grad_kernel: Callable  # (grad_out, input, k, groups) -> grad_kernel
+    reason: str = ""  # why the PyTorch path runs, when it does
+
+
+_lock = threading.Lock()
+_backends: dict[str, Backend] = {}
+
+
+def backend(device_type: str) -> Backend:
+    """The implementation for ``device_type`` ("cpu" or "cuda"), building it on first use."""
+    found = _backends.get(device_type)
+    if found is not None:
+        return found
+    with _lock:  # one build per process, even when several threads hit the op at once
+        if device_type not in _backends:
+            _backends[device_type] = _select(device_type)
+        return _backends[device_type]
+
+
+def _torch_backend(device_type: str, reason: str) -> Backend:
+    return Backend(f"{device_type}-torch", _torch_impl.forward, _torch_impl.grad_input,
+                   _torch_impl.grad_kernel, reason)
+
+
+def _select(device_type: str) -> Backend:
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"eac: expected a cpu or cuda device, got {device_type!r}")
+    choice = os.environ.get(BACKEND_ENV, "auto").strip().lower()
+    if choice == "torch":
+        logger.info("EAC on %s: PyTorch path chosen by %s=torch", device_type, BACKEND_ENV)
+        return _torch_backend(device_type, f"chosen by {BACKEND_ENV}=torch")
+    if choice not in ("", "auto"):
+        raise ValueError(f"{BACKEND_ENV}: expected 'auto' or 'torch', got {choice!r}")
+    build = _build_cpu if device_type == "cpu" else _build_cuda
+    try:
+        started = time.perf_counter()
+        ops = build()
+        logger.info("EAC on %s: compiled kernels ready in %.1fs", device_type, time.perf_counter() - started)
+        return Backend(device_type, ops.eac_forward, ops.eac_grad_input, ops.eac_grad_kernel)
+    except Exception as err:  # noqa: BLE001 - any build/load failure falls back, loudly
+        reason = f"{type(err).__name__}: {err}".strip()
+        message = (f"deblurdiff.ops.eac: building the {device_type.upper()} kernels failed, so the slower "
+                   f"pure-PyTorch path ('{device_type}-torch') runs on {device_type}. Reason: {reason}")
+        logger.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        return _torch_backend(device_type, reason)
+
+
+def _tag(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+
+
+def _x86_flags() -> list[str]:
+    """SIMD flags for this CPU (the build is per machine; the name below keys the cache on them)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []  # aarch64 & co: -O3 already vectorises with the baseline ISA (NEON)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return ["-mavx2", "-mfma", "-mf16c"] if capability in ("AVX2", "AVX512") else []
+
+
+def _build_cpu():
+    from torch.utils import cpp_extension
+
+    arch = _x86_flags()
+    name = f"deblurdiff_eac_cpu_t{_tag(torch.__version__)}_{'avx2' if arch else 'base'}"
+    logger.info("EAC: loading/building the CPU extension %s (first build takes ~30s)", name)
+    cpp_extension.load(
+        name=name,
+        sources=[str(CPU_SOURCE)],
+        extra_cflags=["-O3", "-fopenmp", *arch],  # -fopenmp: at::parallel_for uses torch's OpenMP pool
+        extra_ldflags=["-fopenmp"],
+        is_python_module=False,  # the .so registers torch.ops.deblurdiff_cpu.* (no pybind)
+        verbose=False,
+    )
+    return torch.ops.deblurdiff_cpu
+
+
+def _build_cuda():
+    from torch.utils import cpp_extension
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available in this torch build / on this machine")
+    if cpp_extension.CUDA_HOME is None:
+        raise RuntimeError("no CUDA toolkit (nvcc) found; set CUDA_HOME")
+    major, minor = torch.cuda.get_device_capability()
+    # Build for the device that is here (sm_90 on Hopper) unless the user chose the archs.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    arch_tag = _tag(os.environ["TORCH_CUDA_ARCH_LIST"])
+    name = f"deblurdiff_eac_cuda_t{_tag(torch.__version__)}_sm{arch_tag}"
+    logger.info("EAC: loading/building the CUDA extension %s for sm_%d%d", name, major, minor)
+    cpp_extension.load(
+        name=name,
+        sources=[str(CUDA_SOURCE)],
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3", "-lineinfo"],
+        is_python_module=False,  # registers torch.ops.deblurdiff_cuda.*
+        verbose=False,
+    )
+    return torch.ops.deblurdiff_cuda
