@@ -76,14 +76,14 @@ def region_masks(centres: torch.Tensor, softness: torch.Tensor, height: int, wid
         softness: (B,) transition width as a fraction of the image's longer side.
     Returns:
         (B, n, H, W) masks, non-negative, summing to 1 at every pixel:
-        ``softmax_j(-|p - c_j|^2 / (2 softness^2))`` with p in units of the longer side.
+        ``softmax_j(-|p - c_j| / softness)``, p in units of the longer side. Between two regions the
+        mask is a sigmoid of (d_2 - d_1) / softness, whose gradient is at most 2 / softness: a seam
+        about ``softness`` wide, never a hard edge.
     """
     scale = max(height, width)
     ys = (torch.arange(height, dtype=torch.float64, device=centres.device) + 0.5) / scale
     xs = (torch.arange(width, dtype=torch.float64, device=centres.device) + 0.5) / scale
     cx = centres[..., 0, None, None].double() * (width / scale)  # (B, n, 1, 1)
     cy = centres[..., 1, None, None].double() * (height / scale)
-    d2 = (xs[None, None, None, :] - cx) ** 2 + (ys[None, None, :, None] - cy) ** 2  # (B, n, H, W)
-    # the squared distances differ between regions by a term linear in p: the boundary is a line,
-    # and the softmax turns it into a smooth ramp of width ~softness
-    return torch.softmax(-d2 / (2 * softness.double()[:, None, None, None] ** 2), dim=1).float()
+    dist = ((xs[None, None, None, :] - cx) ** 2 + (ys[None, None, :, None] - cy) ** 2).sqrt()  # (B, n, H, W)
+    return torch.softmax(-dist / softness.double().to(centres.device)[:, None, None, None], dim=1).float()

@@ -37,12 +37,14 @@ _B_AND_F_LENGTH = 60.0  # their MaxTotalLength (px), the unit the recurrence run
 
 # ----------------------------------------------------------------------------- random draws
 def uniform(g: torch.Generator, low: float, high: float) -> float:
-    """One draw from U[low, high) on a CPU generator, as a Python float."""
-    return low + (high - low) * float(torch.rand((), generator=g, dtype=torch.float64))
+    """One draw from U[low, high) on a CPU generator, as a Python float (``low`` exactly when the
+    range is a single value; the draw is still made, so later draws do not shift)."""
+    u = float(torch.rand((), generator=g, dtype=torch.float64))
+    return float(low) if high == low else low + (high - low) * u
 
 
 def log_uniform(g: torch.Generator, low: float, high: float) -> float:
-    if low <= 0:  # a range starting at 0 cannot be log-uniform; fall back to uniform
+    if low <= 0 or high == low:  # a range starting at 0 cannot be log-uniform; fall back to uniform
         return uniform(g, low, high)
     return math.exp(uniform(g, math.log(low), math.log(high)))
 
@@ -68,9 +70,9 @@ def _odd(x: float) -> int:
 
 
 def _odd_in(g: torch.Generator, low: float, high: float) -> int:
-    """Uniform odd integer in [low, high]."""
+    """Odd integer in [low, high], log-uniform (small blurs are more common than huge ones)."""
     lo, hi = 2 * math.ceil((low - 1) / 2) + 1, 2 * math.floor((high - 1) / 2) + 1
-    return lo + 2 * randint(g, 0, max(0, (hi - lo) // 2))
+    return min(hi, max(lo, _odd(log_uniform(g, lo, hi))))
 
 
 # ----------------------------------------------------------------------------- sampling
