@@ -1,0 +1,157 @@
+"""The training config: flat YAML sections, typed, validated before any work starts.
+
+    deblurdiff train --config configs/tiny.yaml --set train.max_steps=200 --workers 2
+
+Every key below is documented where it is declared; ``configs/tiny.yaml`` and ``configs/sd21.yaml`` are
+complete examples. Unknown keys and wrong types fail with the dotted key (``deblurdiff.config``);
+combinations that cannot work (a batch that does not split over the workers, no data) fail in
+:func:`check_config` with the key to change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from deblurdiff.config import Section
+from deblurdiff.errors import UsageError
+
+__all__ = ["TrainConfig", "check_config", "micro_batch_size"]
+
+
+class RunSection(Section):
+    # Ray Train's storage_path: checkpoints, the exported model, W&B files and summary.json go here.
+    # On a multi-node cluster it must be storage every node can reach (NFS, or a mounted bucket).
+    output_dir: str
+    name: str = "train"  # Ray Train run name (a folder under output_dir); --resume finds the run by it
+    seed: int = 0  # model init, timesteps, noise and data order all derive from it
+    log_every: int = Field(10, ge=1)  # metrics to W&B, the console and metrics.jsonl every N steps
+
+
+class DataSection(Section):
+    # Exactly one of the two: pre-synthesised WebDataset shards (`deblurdiff synth`), or image
+    # folders/files/URIs blurred on the fly with `recipe`.
+    shards: str | list[str] | None = None
+    images: str | list[str] | None = None
+    recipe: str = "realistic"  # blur recipe for data.images (name or YAML path)
+    crop: int = Field(64, ge=8)  # training crop size in pixels (512 for sd21)
+    # Held-out pairs for the validation grid and metrics, as shards or images (at most one). Neither:
+    # the first `validation_pairs` training samples (not held out; summary.json says so).
+    validation_shards: str | list[str] | None = None
+    validation_images: str | list[str] | None = None
+    validation_pairs: int = Field(4, ge=1)
+    shuffle_buffer: int = Field(256, ge=0)  # per-worker local shuffle buffer (0: off)
+
+
+class ModelSection(Section):
+    preset: Literal["tiny", "sd21"] = "tiny"
+    # sd21: a local diffusers Stable Diffusion 2.1-base directory (or a hub id you have access to).
+    base_model: str | None = None
+    random_init: bool = False  # sd21 without weights (benchmarks/smoke runs only)
+    # Components to optimise; None: the preset's choice (sd21: controlnet + lkpn as in the paper;
+    # tiny: + unet, since no pretrained tiny UNet exists). Everything else stays frozen.
+    trainable: list[Literal["unet", "controlnet", "lkpn"]] | None = Field(None, min_length=1)
+
+
+class TrainSection(Section):
+    max_steps: int = Field(ge=1)  # optimiser steps
+    batch_size: int = Field(ge=1)  # GLOBAL batch: samples per optimiser step over all workers
+    grad_accum: int = Field(1, ge=1)  # micro-steps per optimiser step (micro batch = batch/(workers·accum))
+    lr: float = Field(1e-4, gt=0)  # AdamW peak learning rate
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0 to lr
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after warm-up
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of lr
+    grad_clip: float | None = Field(1.0, gt=0)  # global grad-norm clip (None: off)
+    latent_weight: float = Field(1.0, ge=0)  # λ in eps-MSE + λ·MSE(ẑ, z_0)
+    # "auto": bf16 on GPU, fp32 on CPU (CPU bf16 autocast is slow and gloo has no bf16 all-reduce).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # Activation checkpointing of the trainable UNets ("auto": on for GPU, off for CPU).
+    gradient_checkpointing: Literal["auto"] | bool = "auto"
+    checkpoint_every: int = Field(100, ge=1)  # Ray Train checkpoint (DeepSpeed state) every N steps
+    keep_checkpoints: int | None = Field(3, ge=1)  # newest N kept (None: all)
+    validate_every: int = Field(0, ge=0)  # validation metrics + image grid every N steps (0: at the end)
+    validation_steps: int = Field(10, ge=1)  # sampler steps for the restored image in the grid
+
+
+class ScalingSection(Section):
+    workers: int = Field(2, ge=1)  # Ray Train workers (data-parallel ranks); also --workers
+    use_gpu: Literal["auto"] | bool = "auto"  # auto: one GPU per worker when the cluster has GPUs
+    # CPUs reserved per worker; None sizes it from the cluster so the data pipeline keeps CPUs.
+    cpus_per_worker: float | None = Field(None, gt=0)
+    # CPUs left free for Ray Data's read/synthesis tasks when sizing cpus_per_worker automatically.
+    data_cpus: float = Field(1.0, ge=0)
+
+
+class FailureSection(Section):
+    # Worker-group restarts from the latest checkpoint before the run fails (-1: unlimited).
+    max_failures: int = Field(3, ge=-1)
+
+
+class DeepSpeedSection(Section):
+    # 2: optimiser state + gradients sharded over the workers. (Stage 3 would shard the weights too;
+    # the trainable parts, <0.5B parameters, fit on every GPU, so it is not offered.)
+    zero_stage: Literal[0, 1, 2] = 2
+    overlap_comm: Literal["auto"] | bool = "auto"  # auto: on GPU only
+    reduce_bucket_size: int = Field(200_000_000, ge=1)
+
+
+class WandbSection(Section):
+    # offline: a local run under <output_dir>/wandb (sync later with `wandb sync`); online needs
+    # `wandb login` or WANDB_API_KEY; disabled: no W&B at all. WANDB_MODE in the env wins.
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "deblurdiff"
+    entity: str | None = None
+    name: str | None = None  # W&B run name (default: run.name)
+    tags: list[str] = []
+
+
+class TestingSection(Section):
+    """Fault injection for the recovery tests; leave unset in real runs."""
+
+    # World rank `crash_rank` exits hard after finishing step `crash_after_step`, once per run
+    # (a marker file under output_dir records that it happened).
+    crash_after_step: int | None = Field(None, ge=1)
+    crash_rank: int = Field(1, ge=0)
+
+
+class TrainConfig(Section):
+    run: RunSection
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    train: TrainSection
+    scaling: ScalingSection = ScalingSection()
+    failure: FailureSection = FailureSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    wandb: WandbSection = WandbSection()
+    testing: TestingSection = TestingSection()
+
+
+def micro_batch_size(cfg: TrainConfig) -> int:
+    """Samples per worker per micro-step: global batch / (workers · grad_accum)."""
+    return cfg.train.batch_size // (cfg.scaling.workers * cfg.train.grad_accum)
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Cross-key checks the types cannot express; each failure names the key to change."""
+    if (cfg.data.shards is None) == (cfg.data.images is None):
+        raise UsageError("data.shards / data.images: set exactly one (shards from `deblurdiff synth`, "
+                         "or image folders to blur on the fly)")
+    if cfg.data.validation_shards is not None and cfg.data.validation_images is not None:
+        raise UsageError("data.validation_shards / data.validation_images: set at most one")
+    split = cfg.scaling.workers * cfg.train.grad_accum
+    if cfg.train.batch_size % split:
+        raise UsageError(f"train.batch_size={cfg.train.batch_size}: must be a multiple of scaling.workers × "
+                         f"train.grad_accum = {cfg.scaling.workers} × {cfg.train.grad_accum} = {split} "
+                         f"(set train.batch_size={max(split, cfg.train.batch_size // split * split)} or change "
+                         "scaling.workers / train.grad_accum)")
+    if cfg.model.preset == "sd21" and cfg.model.base_model is None and not cfg.model.random_init:
+        raise UsageError("model.base_model: preset sd21 needs a local Stable Diffusion 2.1-base diffusers "
+                         "directory (or set model.random_init=true for an untrained smoke run)")
+    if cfg.model.preset == "tiny" and cfg.model.base_model is not None:
+        raise UsageError("model.base_model: preset tiny is built from scratch; remove model.base_model")
+    if cfg.testing.crash_after_step is not None and cfg.testing.crash_rank >= cfg.scaling.workers:
+        raise UsageError(f"testing.crash_rank={cfg.testing.crash_rank}: only {cfg.scaling.workers} workers")
+    return cfg

@@ -1,0 +1,240 @@
+"""The thin Ray launcher: size the workers, build the data stream, run the recipe, write the summary.
+
+    from deblurdiff.training import TrainConfig, launch
+    summary = launch(load_config("configs/tiny.yaml", TrainConfig), resume=False)
+
+Ray Train V2 glue only; the algorithm is in ``recipe.py``. Outputs under ``run.output_dir``::
+
+    <run.name>/checkpoint_XXXXXXXX/   Ray Train checkpoints (storage_path = run.output_dir)
+    model/                            the exported DeblurDiffPipeline (from_pretrained-able)
+    wandb/                            the W&B run (offline unless wandb.mode=online)
+    validation/step_XXXXXXXX.png      validation grids (blurry | decoded ẑ | restored | sharp)
+    metrics.jsonl                     one line per optimiser step (appended across --resume)
+    summary.json                      final_step, restarts, checkpoints, last metrics, timings
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from deblurdiff.errors import UsageError
+from deblurdiff.training.config import TrainConfig, check_config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Resources", "launch", "plan_resources"]
+
+MAX_CPUS_PER_WORKER = 8.0  # beyond this, more intra-op threads stop paying off; give them to data
+
+
+@dataclass(frozen=True)
+class Resources:
+    use_gpu: bool
+    cpus_per_worker: float  # Ray logical CPUs reserved per training worker
+    threads: int  # torch threads per CPU worker
+    data_cpus: float  # CPUs left to Ray Data (reads, decode, on-the-fly synthesis)
+    read_cpus: float  # per read/decode task
+    synth_workers: int  # on-the-fly synthesis actors (data.images)
+    synth_cpus: float  # per synthesis actor
+
+
+def plan_resources(cfg: TrainConfig, nodes: list[dict]) -> Resources:
+    """Size the workers from the alive nodes' resources (``ray.nodes()[i]["Resources"]``) so the data
+    pipeline keeps CPUs: on a 2-CPU machine, 2 training workers get 0.5 CPU each and the data stages
+    the other CPU (two 1-CPU workers would leave the readers nothing and the stream would stall).
+    """
+    s = cfg.scaling
+    res = [n["Resources"] for n in nodes]
+    total_cpus = sum(r.get("CPU", 0.0) for r in res)
+    total_gpus = sum(r.get("GPU", 0.0) for r in res)
+    use_gpu = total_gpus >= 1 if s.use_gpu == "auto" else s.use_gpu
+    if use_gpu and total_gpus < s.workers:
+        raise UsageError(f"scaling.workers={s.workers}: needs {s.workers} GPUs (one per worker) but the cluster has "
+                         f"{total_gpus:g}; lower scaling.workers (--workers) or set scaling.use_gpu=false")
+    data_cpus = min(s.data_cpus, max(total_cpus - 0.1 * s.workers, 0.0))
+    if use_gpu:
+        # Per GPU node: its CPUs shared by its GPUs, leaving a quarter of them for the data stages there.
+        per_gpu = min(r.get("CPU", 0.0) / r["GPU"] for r in res if r.get("GPU", 0) >= 1)
+        auto = min(MAX_CPUS_PER_WORKER, max(1.0, math.floor(per_gpu * 0.75)))
+    else:
+        largest_node = max(r.get("CPU", 0.0) for r in res)
+        auto = min(MAX_CPUS_PER_WORKER, largest_node, (total_cpus - data_cpus) / s.workers)
+        auto = math.floor(auto * 100) / 100  # Ray accepts fractional CPUs; keep it readable
+    cpus = s.cpus_per_worker or auto
+    if cpus < 0.05:
+        raise UsageError(f"scaling.workers={s.workers}: the cluster has {total_cpus:g} CPUs, too few for "
+                         f"{s.workers} workers beside {data_cpus:g} data CPUs; lower scaling.workers")
+    if not use_gpu and cpus * s.workers + data_cpus > total_cpus + 1e-6:
+        raise UsageError(f"scaling.cpus_per_worker={cpus:g}: {s.workers} workers plus scaling.data_cpus={data_cpus:g} "
+                         f"need more than the cluster's {total_cpus:g} CPUs; lower it or leave it unset")
+    synth_workers = max(1, int(data_cpus // 2))
+    return Resources(
+        use_gpu=bool(use_gpu), cpus_per_worker=cpus, threads=max(1, int(cpus)), data_cpus=data_cpus,
+        read_cpus=max(0.05, min(0.5, data_cpus / 4)), synth_workers=synth_workers,
+        synth_cpus=max(0.05, min(1.0, data_cpus / (2 * synth_workers))),
+    )
+
+
+def _existing_checkpoints(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()) if run_dir.is_dir() else []
+
+
+def _worker_env(use_gpu: bool) -> dict:
+    """Env for the Ray Train workers: DeepSpeed's accelerator, and the user's W&B settings (API key,
+    base URL, entity...) so `wandb.mode=online` works from workers on other nodes."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA and fail on CPU workers
+    return env
+
+
+def _datasets(cfg: TrainConfig, r: Resources):
+    from deblurdiff.pipelines import training_dataset
+
+    def source(shards, images):
+        return training_dataset(shards=shards, images=images, crop=cfg.data.crop, recipe=cfg.data.recipe,
+                                seed=cfg.run.seed, num_cpus=r.read_cpus, synth_workers=r.synth_workers,
+                                synth_cpus=r.synth_cpus, use_gpu=False)
+
+    train = source(cfg.data.shards, cfg.data.images)
+    held_out = cfg.data.validation_shards is not None or cfg.data.validation_images is not None
+    val = source(cfg.data.validation_shards, cfg.data.validation_images) if held_out else train
+    rows = val.take(cfg.data.validation_pairs)
+    if not rows:
+        raise UsageError("data.validation: no pairs could be read for validation")
+    import numpy as np
+
+    sharp = np.stack([row["sharp"] for row in rows]).astype(np.float32)  # (N, 3, H, W)
+    blurry = np.stack([row["blurry"] for row in rows]).astype(np.float32)
+    return train, (sharp, blurry), held_out
+
+
+def _run_events_actor():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RunEvents:
+        """What happened during one launch, told by world rank 0: worker-group starts (restarts after
+        failures), every optimiser step, every registered checkpoint. Lives as long as the driver."""
+
+        def __init__(self):
+            self.groups, self.steps, self.checkpoints = [], [], []
+
+        def group_started(self, step: int):
+            self.groups.append({"start_step": step, "time": time.time()})
+
+        def record_step(self, step: int, metrics: dict | None):
+            self.steps.append({"step": step, "group": len(self.groups) - 1, "time": time.time(),
+                               **(metrics or {})})
+
+        def record_checkpoint(self, step: int, name: str):
+            self.checkpoints.append({"step": step, "name": name, "group": len(self.groups) - 1})
+
+        def snapshot(self) -> dict:
+            return {"groups": self.groups, "steps": self.steps, "checkpoints": self.checkpoints}
+
+    return RunEvents.remote()
+
+
+def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None) -> dict:
+    """Train with Ray Train + DeepSpeed as configured; returns the summary (also in summary.json)."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from deblurdiff._ray import connect
+    from deblurdiff.training.recipe import train_loop_per_worker
+    from deblurdiff.training.state import atomic_write_text
+
+    started = time.time()
+    # 1. Check the config and the output dir before any cluster work.
+    check_config(cfg)
+    out = Path(cfg.run.output_dir).expanduser().resolve()
+    cfg.run.output_dir = str(out)  # workers on other nodes need the absolute path
+    run_dir = out / cfg.run.name
+    previous = _existing_checkpoints(run_dir)
+    if previous and not resume:
+        raise UsageError(f"run.output_dir {out}: already holds run '{cfg.run.name}' with {len(previous)} "
+                         f"checkpoint(s); pass --resume to continue it, or set run.output_dir / run.name")
+    if resume and not previous:
+        raise UsageError(f"--resume: no checkpoint of run '{cfg.run.name}' under {out} to continue from")
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 2. Ray: size the workers so the data stages keep CPUs; build the data stream + held-out pairs.
+    connect(address)
+    r = plan_resources(cfg, [n for n in ray.nodes() if n.get("Alive")])
+    logger.info("resources: %s", r)
+    # The training stream runs for the whole job: its progress bars would bury the step log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    train_ds, validation, held_out = _datasets(cfg, r)
+    events = _run_events_actor()
+
+    # 3. The trainer: TorchTrainer runs the recipe on every worker; storage_path = run.output_dir, so
+    #    the same output_dir + run.name finds the run again (restarts and --resume).
+    worker_resources = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(), "events": events, "validation": validation,
+                           "use_gpu": r.use_gpu, "threads": r.threads},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=r.use_gpu,
+                                     resources_per_worker=worker_resources),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=str(out),
+            failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": _worker_env(r.use_gpu)},
+        ),
+        datasets={"train": train_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        record = ray.get(events.snapshot.remote())
+        _append_metrics(out / "metrics.jsonl", record, launch_time=started)
+
+    # 4. Summary: summary.json + one line.
+    final = result.return_value or {}
+    restarts = max(0, len(record["groups"]) - 1)
+    summary = {
+        "final_step": final.get("final_step"),
+        "max_steps": cfg.train.max_steps,
+        "restarts": restarts,
+        "resumed_from_step": record["groups"][0]["start_step"] if record["groups"] else None,
+        "checkpoints": [c["step"] for c in record["checkpoints"]],
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "last_metrics": final.get("last_metrics", {}),
+        "model_dir": final.get("model_dir"),
+        "validation_held_out": held_out,
+        "trainable": final.get("trainable"),
+        "frozen_digest_start": final.get("frozen_digest_start"),
+        "frozen_digest_end": final.get("frozen_digest_end"),
+        "workers": cfg.scaling.workers,
+        "resources": asdict(r),
+        "precision": final.get("precision"),
+        "wall_s": round(time.time() - started, 2),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    m = summary["last_metrics"]
+    print(f"deblurdiff train: step {summary['final_step']}/{cfg.train.max_steps} in {summary['wall_s']:.0f} s, "
+          f"{restarts} restart(s), {len(summary['checkpoints'])} checkpoint(s); loss {m.get('train/loss', float('nan')):.4f}, "
+          f"val latent MSE {m.get('val/latent_mse', float('nan')):.4f} (blurry {m.get('val/blurry_latent_mse', float('nan')):.4f}); "
+          f"model -> {summary['model_dir']}", flush=True)
+    return summary
+
+
+def _append_metrics(path: Path, record: dict, launch_time: float) -> None:
+    """One JSON line per optimiser step of this launch (``group``: worker-group index, 0 unless a
+    failure restarted it); appended, so a --resume continues the file."""
+    if not record["steps"]:
+        return
+    with open(path, "a") as f:
+        for row in record["steps"]:
+            f.write(json.dumps({"launch": launch_time, **row}) + "\n")
