@@ -41,8 +41,8 @@ class ActorPool:
                                           max_tasks_in_flight_per_actor=1)
 
     def remote_args(self) -> dict:
-        # SPREAD: on a cluster, place actors on different nodes first (I/O and memory spread too).
-        args = {"num_cpus": self.num_cpus, "scheduling_strategy": "SPREAD"}
+        # (Ray Data places actors with its default SPREAD strategy: different nodes first.)
+        args = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             args["num_gpus"] = self.num_gpus
         return args

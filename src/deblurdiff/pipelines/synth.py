@@ -33,10 +33,10 @@ from deblurdiff.imageio import ImageDecodeError
 from deblurdiff.pipelines._pool import ActorPool, size_pool
 from deblurdiff.pipelines.plan import ShardPlan, plan_digest, plan_shards, sample_key, sample_seed
 from deblurdiff.pipelines.sink import MANIFEST, STATE_DIR, OutputDir
-from deblurdiff.pipelines.sources import Skipped, list_sources, read_source, resolve_filesystem
+from deblurdiff.pipelines.sources import Corpus, Skipped, list_sources, read_source, resolve_filesystem
 from deblurdiff.pipelines.stages import decode_crops, encode_sample, synthesize_crops
 
-__all__ = ["run_synth", "SynthSummary", "ShardBuilder"]
+__all__ = ["run_synth", "plan_synth", "SynthJob", "SynthSummary", "ShardBuilder"]
 
 logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "deblurdiff.synth/1"
@@ -174,25 +174,62 @@ def _check_args(crop: int, crops_per_image: int, shard_size: int, workers: int |
             raise UsageError(f"{flag}: expected an integer >= {low}, got {value!r}")
 
 
-def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int = 512, crops_per_image: int = 1,
-              seed: int = 0, shard_size: int = 256, workers: int | None = None, resume: bool = False,
-              batch_size: int = 8, use_gpu: bool | None = None, filesystem=None) -> SynthSummary:
-    """Synthesise (sharp, blurry) pairs from ``inputs`` into WebDataset shards under ``output``.
+@dataclass
+class SynthJob:
+    """A validated, planned run (steps 1-3): nothing is written and Ray is not needed until ``run``."""
 
-    Needs a connected Ray (``deblurdiff._ray.connect``). ``inputs``: folders, images, WebDataset
-    ``.tar`` shards or list files, local or any pyarrow/fsspec URI (``sources.py``). ``workers``:
-    synthesis actors (default: one per CPU, or per GPU). ``filesystem``: a pyarrow or fsspec
-    filesystem for inputs and output when URIs alone do not say how to reach them.
-    Raises UsageError for bad arguments, missing inputs, or an output that already holds a run
-    (unless ``resume``).
+    inputs: list[str]
+    output: OutputDir
+    recipe: object  # blur_synthesis.Recipe
+    crop: int
+    crops_per_image: int
+    seed: int
+    batch_size: int
+    corpus: Corpus
+    plans: list[ShardPlan]
+    settings: dict
+    done: dict[str, dict]  # shards already complete (resume): name -> record
+
+    @property
+    def todo(self) -> list[ShardPlan]:
+        return [p for p in self.plans if p.name not in self.done]
+
+    def run(self, workers: int | None = None, use_gpu: bool | None = None) -> SynthSummary:
+        """Steps 4-5 on the connected Ray cluster."""
+        started = time.perf_counter()
+        out, todo = self.output, self.todo
+        out.prepare()
+        out.write_json(self.settings, STATE_DIR, "run.json")
+        records = dict(self.done)
+        if todo:
+            pool = size_pool(workers, len(todo), use_gpu=use_gpu)
+            if len(todo) < (workers or pool.size):
+                logger.warning("only %d shards to build for %d workers: lower --shard-size for more parallelism",
+                               len(todo), workers or pool.size)
+            for record in _build_shards(todo, pool, recipe=self.recipe, crop=self.crop,
+                                        crops_per_image=self.crops_per_image, seed=self.seed, output=out,
+                                        filesystems=self.corpus.filesystems, batch_size=self.batch_size):
+                records[record["name"]] = record
+                logger.info("%s: %d samples, %d skipped", record["name"], record["samples"], len(record["skipped"]))
+        summary = _write_manifest(out, self.plans, records, self.corpus.skipped, self.settings, self.inputs,
+                                  written={p.name for p in todo}, elapsed=time.perf_counter() - started)
+        if summary.samples == 0:
+            raise UsageError(f"--input: none of the {len(self.corpus.sources)} images gave a sample "
+                             f"(all skipped; reasons in {out.join(MANIFEST)})")
+        return summary
+
+
+def plan_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int = 512, crops_per_image: int = 1,
+               seed: int = 0, shard_size: int = 256, resume: bool = False, batch_size: int = 8,
+               filesystem=None) -> SynthJob:
+    """Validate the arguments, list and plan the corpus, check the output (steps 1-3).
+
+    Raises UsageError naming the argument or path for bad values, missing inputs, an output that
+    already holds a run (without ``resume``) or one started with other settings (with ``resume``).
     """
-    import ray
-    import ray.data
-
     from deblurdiff.blur_synthesis import load_recipe
 
-    started = time.perf_counter()
-    _check_args(crop, crops_per_image, shard_size, workers, batch_size)
+    _check_args(crop, crops_per_image, shard_size, None, batch_size)
     if not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
     try:
@@ -204,11 +241,12 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
     out_fs, out_path = resolve_filesystem(str(output), filesystem)
     out = OutputDir(out_fs, out_path, str(output))
     out.check_is_dir()
-    corpus = list_sources([str(p) for p in inputs], filesystem)
+    inputs = [str(p) for p in inputs]
+    corpus = list_sources(inputs, filesystem)
     if not corpus.sources:
         why = f" ({len(corpus.skipped)} files skipped, e.g. {corpus.skipped[0].path}: {corpus.skipped[0].reason})" \
             if corpus.skipped else ""
-        raise UsageError(f"--input {' '.join(map(str, inputs))}: no image files found{why}")
+        raise UsageError(f"--input {' '.join(inputs)}: no image files found{why}")
     plans = plan_shards(corpus, crops_per_image, shard_size)
     settings = _settings(recipe, crop, crops_per_image, seed, shard_size, plan_digest(corpus), len(corpus.sources))
 
@@ -221,38 +259,37 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
         previous = out.read_json(STATE_DIR, "run.json")
         if previous is not None:
             _check_resume(previous, settings, str(output))
-        done = out.complete_shards()
-    out.prepare()
-    out.write_json(settings, STATE_DIR, "run.json")
-    todo = [p for p in plans if p.name not in done]
-    done = {p.name: done[p.name] for p in plans if p.name in done}  # only this plan's shards count
+        complete = out.complete_shards()
+        done = {p.name: complete[p.name] for p in plans if p.name in complete}
+    return SynthJob(inputs, out, recipe, crop, crops_per_image, seed, batch_size, corpus, plans, settings, done)
 
-    # 4. build the missing shards on an actor pool
-    records = dict(done)
-    if todo:
-        pool = size_pool(workers, len(todo), use_gpu=use_gpu)
-        if pool.size < (workers or 0) or len(todo) < pool.size:
-            logger.warning("only %d shards to build for %d workers: lower --shard-size for more parallelism",
-                           len(todo), workers or pool.size)
-        for record in _build_shards(todo, pool, recipe=recipe, crop=crop, crops_per_image=crops_per_image,
-                                    seed=seed, output=out, filesystems=corpus.filesystems, batch_size=batch_size):
-            records[record["name"]] = record
-            logger.info("%s: %d samples, %d skipped", record["name"], record["samples"], len(record["skipped"]))
 
-    # 5. the manifest and the summary
-    elapsed = time.perf_counter() - started
-    summary = _write_manifest(out, plans, records, corpus.skipped, settings, [str(p) for p in inputs],
-                              written={p.name for p in todo}, elapsed=elapsed)
-    if summary.samples == 0:
-        raise UsageError(f"--input: none of the {len(corpus.sources)} images gave a sample "
-                         f"(all skipped; reasons in {out.join(MANIFEST)})")
-    return summary
+def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int = 512, crops_per_image: int = 1,
+              seed: int = 0, shard_size: int = 256, workers: int | None = None, resume: bool = False,
+              batch_size: int = 8, use_gpu: bool | None = None, filesystem=None) -> SynthSummary:
+    """Synthesise (sharp, blurry) pairs from ``inputs`` into WebDataset shards under ``output``.
+
+    Needs a connected Ray (``deblurdiff._ray.connect``). ``inputs``: folders, images, WebDataset
+    ``.tar`` shards or list files, local or any pyarrow/fsspec URI (``sources.py``). ``workers``:
+    synthesis actors (default: one per CPU, or per GPU). ``filesystem``: a pyarrow or fsspec
+    filesystem for inputs and output when URIs alone do not say how to reach them.
+    Raises UsageError as ``plan_synth`` does.
+    """
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise UsageError(f"--workers: expected an integer >= 1, got {workers!r}")
+    job = plan_synth(inputs, output, recipe=recipe, crop=crop, crops_per_image=crops_per_image, seed=seed,
+                     shard_size=shard_size, resume=resume, batch_size=batch_size, filesystem=filesystem)
+    return job.run(workers=workers, use_gpu=use_gpu)
 
 
 def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
     """Yield each shard's record as its actor finishes it (Ray Data shows the progress bars)."""
     import ray.data
 
+    # Start every actor before handing out shards (so work spreads over the pool instead of the
+    # first actor up taking it all); a pool that cannot start fails after this many seconds
+    # instead of hanging.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 600
     ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         ShardBuilder,

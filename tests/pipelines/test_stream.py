@@ -1,0 +1,81 @@
+"""The training source: float pairs from shards or synthesised on the fly, the same pairs either way."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from deblurdiff.errors import UsageError
+
+CROP = 64
+SETTINGS = dict(recipe="clean-motion", crop=CROP, crops_per_image=1, seed=5)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(messy_corpus, tmp_path_factory):
+    """Four good photos and one broken file."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("stream") / "photos"
+    root.mkdir()
+    for rel in ("astronaut.png", "coffee.JPG", "rocket_cmyk.jpeg", "rotated_exif.jpg", "text_named.png"):
+        shutil.copy(messy_corpus.root / rel, root / rel)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(ray_cluster, small_corpus, tmp_path_factory):
+    from deblurdiff.pipelines import run_synth
+
+    out = tmp_path_factory.mktemp("stream") / "pairs"
+    run_synth([str(small_corpus)], str(out), shard_size=3, workers=1, **SETTINGS)
+    return out
+
+
+def _pairs(ds, batch_size: int = 3) -> dict[str, np.ndarray]:
+    """Iterate like a Ray Train worker does; sharp-crop digest -> blurry."""
+    import torch
+
+    out = {}
+    for batch in ds.iter_torch_batches(batch_size=batch_size):
+        sharp, blurry = batch["sharp"], batch["blurry"]
+        assert sharp.dtype == blurry.dtype == torch.float32
+        assert sharp.shape[1:] == blurry.shape[1:] == (3, CROP, CROP) and sharp.shape[0] <= batch_size
+        assert 0.0 <= float(sharp.min()) and float(sharp.max()) <= 1.0
+        for s, b in zip(sharp.numpy(), blurry.numpy()):
+            out[hashlib.sha1(np.round(s * 255).astype(np.uint8).tobytes()).hexdigest()] = b
+    return out
+
+
+def test_shards_and_on_the_fly_give_the_same_pairs(shards, small_corpus):
+    from deblurdiff.pipelines import training_dataset
+
+    from_shards = _pairs(training_dataset(shards=str(shards)))
+    on_the_fly = _pairs(training_dataset(images=str(small_corpus), **SETTINGS))
+    assert len(from_shards) == 4  # the broken file is skipped (and logged), not fatal
+    assert from_shards.keys() == on_the_fly.keys()
+    for digest, blurry in from_shards.items():
+        np.testing.assert_array_equal(on_the_fly[digest], blurry)
+        assert not np.array_equal(blurry, np.zeros_like(blurry))
+
+
+def test_shards_can_be_cropped_smaller(shards):
+    import torch
+
+    from deblurdiff.pipelines import training_dataset
+
+    batch = next(iter(training_dataset(shards=str(shards), crop=32).iter_torch_batches(batch_size=4)))
+    assert batch["sharp"].shape == batch["blurry"].shape == torch.Size([4, 3, 32, 32])
+
+
+def test_bad_data_settings_are_usage_errors(tmp_path):
+    from deblurdiff.pipelines import training_dataset
+
+    with pytest.raises(UsageError, match="exactly one of data.shards"):
+        training_dataset()
+    with pytest.raises(UsageError, match="data.shards .*no such file"):
+        training_dataset(shards=str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="no .tar shards"):
+        training_dataset(shards=str(tmp_path))
