@@ -89,6 +89,8 @@ def test_train_job_config_overrides_and_sizes():
     for name, group in all_groups(doc).items():
         shared = [m["mountPath"] for m in container(group)["volumeMounts"] if m["name"] == "shared"]
         assert shared and cfg.run.output_dir.startswith(shared[0] + "/"), f"{name}: run.output_dir not on the PVC"
+    # The frozen SD 2.1 weights: a directory every GPU pod sees (a hub id would need network on every pod).
+    assert cfg.model.base_model and cfg.model.base_model.startswith(shared[0] + "/"), cfg.model.base_model
     # One Ray Train worker per GPU of the group as launched.
     gpu = all_groups(doc)["gpu"]
     gpus = gpu["replicas"] * int(container(gpu)["resources"]["limits"]["nvidia.com/gpu"])
