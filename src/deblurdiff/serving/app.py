@@ -212,6 +212,7 @@ class DeblurIngress:
             "X-Deblur-Sampler": result["sampler"],
             "X-Deblur-Tile": str(params.tile or 0),
             "X-Deblur-Batch-Size": str(result["batch_size"]),
+            "X-Deblur-Replica": result["replica"],
             "X-Deblur-Inference-Seconds": f"{result['seconds']:.3f}",
             "X-Deblur-Total-Seconds": f"{time.perf_counter() - started:.3f}",
         }

@@ -73,6 +73,7 @@ class DeblurModel:
         self.pipe = DeblurDiffPipeline.from_pretrained(model_dir).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._fatal: str | None = None
+        self._replica = serve.get_replica_context().replica_id.unique_id
         self._info = {
             "model": str(model_dir),
             "preset": _preset_name(self.pipe),
@@ -101,8 +102,8 @@ class DeblurModel:
             raise RuntimeError(f"replica unusable after a device error: {self._fatal}")
 
     async def deblur(self, job: dict[str, Any]) -> dict:
-        """One image in, one result out: ``{"image": (H, W, 3) uint8, "batch_size", "seconds", "sampler"}``
-        or ``{"error": {"status", "code", "message"}}``."""
+        """One image in, one result out: ``{"image": (H, W, 3) uint8, "batch_size", "seconds", "sampler",
+        "replica"}`` or ``{"error": {"status", "code", "message"}}``."""
         return await self._batched(job)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -127,7 +128,8 @@ class DeblurModel:
             seconds = time.perf_counter() - started
             for i, image in zip(indices, images):
                 results[i] = {"image": image, "batch_size": len(indices), "seconds": seconds,
-                              "sampler": jobs[i]["sampler"] or self._info["default_sampler"]}
+                              "sampler": jobs[i]["sampler"] or self._info["default_sampler"],
+                              "replica": self._replica}
         return results  # same order as jobs: Serve hands result k to caller k
 
     def _run_group(self, group: list[dict]):
@@ -164,16 +166,15 @@ class DeblurModel:
 
 
 def _preset_name(pipe) -> str | None:
-    for source in (getattr(pipe, "config", {}), getattr(getattr(pipe, "lkpn", None), "config", {})):
-        try:
-            value = source.get("preset") if hasattr(source, "get") else getattr(source, "preset", None)
-        except Exception:  # noqa: BLE001
-            value = None
-        if value:
-            return str(value)
-    return None
+    value = pipe.config.get("preset")  # recorded by from_preset and kept by save_pretrained
+    return str(value) if value else None
 
 
 def _default_sampler(pipe, samplers) -> str:
-    value = getattr(pipe, "default_sampler", None)
-    return str(value) if value else str(list(samplers)[0])
+    # The sampler a call without `sampler=` uses: the __call__ default (the released "ddpm").
+    import inspect
+
+    default = inspect.signature(type(pipe).__call__).parameters.get("sampler")
+    if default is not None and default.default in samplers:
+        return str(default.default)
+    return str(list(samplers)[0])
