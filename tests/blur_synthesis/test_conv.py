@@ -58,16 +58,16 @@ def test_non_contiguous_and_float32_input():
 
 
 def test_smooth_size():
-    assert smooth_size(638) == 640 and smooth_size(526) == 540 and smooth_size(1) == 1
+    assert smooth_size(638) == 640 and smooth_size(526) == 540 and smooth_size(1) == 2 and smooth_size(656) == 720
     for n in range(1, 300):
         m = smooth_size(n)
-        assert m >= n
+        assert m >= n and m % 2 == 0
         r = m
         for p in (2, 3, 5):
             while r % p == 0:
                 r //= p
         assert r == 1
-        assert all(smooth_size(j) == m for j in range(n, m + 1))  # smallest
+        assert all(smooth_size(j) == m for j in range(n, m + 1))  # the smallest such
 
 
 def test_spatially_varying_blend_is_masks_times_blurs():

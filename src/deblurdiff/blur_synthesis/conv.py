@@ -19,8 +19,9 @@ __all__ = ["smooth_size", "fft_blur", "region_masks"]
 
 @functools.lru_cache(maxsize=None)
 def smooth_size(n: int) -> int:
-    """Smallest m >= n whose only prime factors are 2, 3 and 5 (fast FFT lengths)."""
-    m = max(1, int(n))
+    """Smallest even m >= n whose only prime factors are 2, 3 and 5 (fast FFT lengths; odd ones
+    such as 625 or 675 measured ~1.5x slower than the next even one with torch's CPU FFT)."""
+    m = max(2, int(n) + int(n) % 2)
     while True:
         r = m
         for p in (2, 3, 5):
@@ -28,7 +29,7 @@ def smooth_size(n: int) -> int:
                 r //= p
         if r == 1:
             return m
-        m += 1
+        m += 2
 
 
 def fft_blur(x: torch.Tensor, psfs: torch.Tensor, masks: torch.Tensor | None = None, border: str = "reflect") -> torch.Tensor:
@@ -81,9 +82,10 @@ def region_masks(centres: torch.Tensor, softness: torch.Tensor, height: int, wid
         about ``softness`` wide, never a hard edge.
     """
     scale = max(height, width)
-    ys = (torch.arange(height, dtype=torch.float64, device=centres.device) + 0.5) / scale
-    xs = (torch.arange(width, dtype=torch.float64, device=centres.device) + 0.5) / scale
-    cx = centres[..., 0, None, None].double() * (width / scale)  # (B, n, 1, 1)
-    cy = centres[..., 1, None, None].double() * (height / scale)
-    dist = ((xs[None, None, None, :] - cx) ** 2 + (ys[None, None, :, None] - cy) ** 2).sqrt()  # (B, n, H, W)
-    return torch.softmax(-dist / softness.double().to(centres.device)[:, None, None, None], dim=1).float()
+    ys = (torch.arange(height, dtype=torch.float32, device=centres.device) + 0.5) / scale
+    xs = (torch.arange(width, dtype=torch.float32, device=centres.device) + 0.5) / scale
+    inv = 1 / softness.float().to(centres.device)[:, None, None, None]
+    cx = centres[..., 0, None, None].float() * (width / scale)  # (B, n, 1, 1)
+    cy = centres[..., 1, None, None].float() * (height / scale)
+    dist = torch.hypot(xs[None, None, None, :] - cx, ys[None, None, :, None] - cy)  # (B, n, H, W)
+    return torch.softmax(dist.mul_(-inv), dim=1)

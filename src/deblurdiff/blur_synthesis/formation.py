@@ -73,8 +73,8 @@ def poisson_gaussian_noise(x: torch.Tensor, shot: torch.Tensor | float, read: to
     The heteroscedastic Gaussian form of the Poisson–Gaussian sensor model (Foi et al. 2008; Brooks
     et al. 2019): variance grows linearly with the signal (slope ``shot``, the photon shot noise) on
     top of a floor ``read**2`` (read noise). Applied in linear light on the (mosaiced) raw signal."""
-    var = _per_sample(shot, x) * x.clamp_min(0) + _per_sample(read, x) ** 2
-    return x + var.sqrt() * eps.to(x)
+    std = x.clamp_min(0).mul_(_per_sample(shot, x)).add_(_per_sample(read, x) ** 2).sqrt_()
+    return std.mul_(eps.to(x)).add_(x)
 
 
 # ----------------------------------------------------------------------------- Bayer

@@ -16,6 +16,7 @@ draws and kernels are identical and results agree to float rounding (before the 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +28,7 @@ from deblurdiff.blur_synthesis.conv import fft_blur, region_masks
 from deblurdiff.blur_synthesis.kernels import bernoulli, build_psf, choice, log_uniform, pad_to, randint, sample_psf, uniform
 from deblurdiff.blur_synthesis.recipe import Recipe, load_recipe
 
-__all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "build_masks", "degrade"]
+__all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "build_masks", "noise_field", "degrade"]
 
 
 @dataclass
@@ -116,9 +117,23 @@ def build_masks(params: dict, height: int, width: int, device: torch.device | st
     return masks.to(device)
 
 
+def noise_field(params: dict, height: int, width: int) -> torch.Tensor | None:
+    """The sample's standard-normal noise field, (C, H, W) float32 on CPU (C = 1 on a Bayer raw, else 3),
+    from its own generator seeded by ``params["noise"]["noise_seed"]``; None when noise is off."""
+    noise = params["noise"]
+    if not noise["applied"]:
+        return None
+    channels = 1 if params["bayer"]["applied"] else 3
+    return torch.randn(channels, height, width, generator=torch.Generator().manual_seed(noise["noise_seed"]))
+
+
 # ----------------------------------------------------------------------------- 2. applying
-def degrade(sharp: torch.Tensor, params: dict, kernels: torch.Tensor) -> torch.Tensor:
-    """Apply one sample's drawn degradation: sharp (1, 3, H, W) in [0, 1] -> blurry (1, 3, H, W)."""
+def degrade(sharp: torch.Tensor, params: dict, kernels: torch.Tensor, eps: torch.Tensor | None = None, apply_jpeg: bool = True) -> torch.Tensor:
+    """Apply one sample's drawn degradation: sharp (1, 3, H, W) in [0, 1] -> blurry (1, 3, H, W).
+
+    ``kernels`` from ``build_kernels(params)``; ``eps`` from ``noise_field`` (drawn here when None).
+    ``apply_jpeg=False`` stops before the JPEG stage (``synthesize`` runs the codec in a thread pool).
+    """
     x = sharp
     h, w = x.shape[-2:]
     ll, sat, bayer, noise, jp = (params[k] for k in ("linear_light", "saturation", "bayer", "noise", "jpeg"))
@@ -135,15 +150,15 @@ def degrade(sharp: torch.Tensor, params: dict, kernels: torch.Tensor) -> torch.T
     if bayer["applied"]:
         x = fm.mosaic(x, bayer["cfa"])
     if noise["applied"]:
-        eps = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(noise["noise_seed"]), dtype=torch.float32)
-        x = fm.poisson_gaussian_noise(x, noise["shot"], noise["read"], eps[None].to(x.device))
+        eps = noise_field(params, h, w) if eps is None else eps
+        x = fm.poisson_gaussian_noise(x, noise["shot"], noise["read"], eps[None].to(x.device, non_blocking=True))
     x = x.clamp(0, 1)
     if bayer["applied"]:
         x = fm.demosaic(x, bayer["cfa"]).clamp(0, 1)
     # 5. back to display values, then the camera's JPEG
     if ll["applied"]:
         x = fm.from_linear(x, ll["curve"], ll["gamma"]).clamp(0, 1)
-    if jp["applied"]:
+    if jp["applied"] and apply_jpeg:
         x = fm.jpeg(x, [jp["quality"]])
     return x
 
@@ -162,6 +177,17 @@ def _check_inputs(sharp: torch.Tensor, seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def _map(fn, items: list) -> list:
+    """``[fn(i) for i in items]``, on a thread pool of ``torch.get_num_threads()`` threads when that is
+    more than 1. Used for the CPU-side per-sample work (draws, PSFs, noise fields, the JPEG codec all
+    release the GIL); each sample has its own generators, so threads never change a result."""
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic", seeds: Sequence[int] = ()) -> SynthesisResult:
     """Synthesise blurry versions of ``sharp`` (B, 3, H, W), float in [0, 1], any device.
 
@@ -170,12 +196,20 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
     """
     recipe = load_recipe(recipe)
     seeds = _check_inputs(sharp, seeds)
-    blurry, kernels, params = [], [], []
-    for i, seed in enumerate(seeds):
+    h, w = sharp.shape[-2:]
+
+    # 1. draws, on CPU: parameters, PSFs and noise fields (independent per sample)
+    def prepare(seed: int):
         p = sample_params(recipe, seed)
-        k = build_kernels(p)
-        blurry.append(degrade(sharp[i : i + 1], p, k))
-        kernels.append(k)
-        params.append(p)
-    out = torch.cat(blurry) if blurry else sharp.clone()
-    return SynthesisResult(blurry=out, kernels=kernels, params=params, recipe=recipe)
+        return p, build_kernels(p), noise_field(p, h, w)
+
+    prepared = _map(prepare, seeds)
+    # 2. image formation on sharp's device, one sample at a time (so batch-independent bit for bit)
+    blurry = torch.empty_like(sharp)
+    for i, (p, k, eps) in enumerate(prepared):
+        blurry[i : i + 1] = degrade(sharp[i : i + 1], p, k, eps, apply_jpeg=False)
+    # 3. the camera's JPEG, on CPU (Pillow/libjpeg)
+    coded = [i for i, (p, _, _) in enumerate(prepared) if p["jpeg"]["applied"]]
+    for i, x in zip(coded, _map(lambda i: fm.jpeg(blurry[i : i + 1], [prepared[i][0]["jpeg"]["quality"]]), coded)):
+        blurry[i : i + 1] = x
+    return SynthesisResult(blurry=blurry, kernels=[k for _, k, _ in prepared], params=[p for p, _, _ in prepared], recipe=recipe)
