@@ -1,0 +1,251 @@
+"""Paired evaluation: restore blurry images with a pipeline and score them against the sharp ones.
+
+Pairs come from WebDataset shards written by ``deblurdiff synth`` (members ``blur.png`` /
+``sharp.png``) or from two folders ``blur/`` and ``sharp/`` whose files share a name stem. Metrics:
+PSNR and SSIM (kornia) for the blurry input and the restored output; the latent errors the method is
+about — MSE(z_b, z_0) and MSE(ẑ, z_0), ẑ averaged over the denoising steps of the real inference run;
+LPIPS only when its weights are on this machine (never downloaded), else reported as skipped.
+
+Outputs: the summary JSON at ``--output``, a per-image CSV beside it (``<stem>.csv``) and a contact
+sheet (``<stem>_sheet.png``: blurry / restored / sharp per row).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deblurdiff.errors import UsageError
+from deblurdiff.imageio import ImageDecodeError, decode_rgb, is_image_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Pair", "Skipped", "evaluate", "iter_pairs", "write_contact_sheet"]
+
+
+@dataclass
+class Pair:
+    key: str
+    blurry: np.ndarray  # (H, W, 3) uint8
+    sharp: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class Skipped:
+    key: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------- reading
+def _shard_paths(path: Path) -> list[Path]:
+    if path.is_file() and path.suffix == ".tar":
+        return [path]
+    if path.is_dir():
+        return sorted(path.glob("*.tar"))
+    return []
+
+
+def _decode_pair(key: str, blur_bytes: bytes | None, sharp_bytes: bytes | None) -> Pair | Skipped:
+    if blur_bytes is None or sharp_bytes is None:
+        missing = "blur" if blur_bytes is None else "sharp"
+        return Skipped(key, f"no {missing} image for this key")
+    try:
+        blurry, sharp = decode_rgb(blur_bytes), decode_rgb(sharp_bytes)
+    except ImageDecodeError as exc:
+        return Skipped(key, str(exc))
+    if blurry.shape != sharp.shape:
+        return Skipped(key, f"blurry {blurry.shape[1]}x{blurry.shape[0]} and sharp "
+                            f"{sharp.shape[1]}x{sharp.shape[0]} differ in size")
+    return Pair(key, blurry, sharp)
+
+
+def _iter_shards(shards: list[Path]) -> Iterator[Pair | Skipped]:
+    import webdataset as wds
+
+    # Raw bytes (no decoder): decoding goes through deblurdiff.imageio like everywhere else.
+    for sample in wds.WebDataset([str(p) for p in shards], shardshuffle=False, empty_check=False):
+        key = f"{Path(sample.get('__url__', '')).name}/{sample['__key__']}"
+        yield _decode_pair(key, sample.get("blur.png"), sample.get("sharp.png"))
+
+
+def _iter_folders(root: Path) -> Iterator[Pair | Skipped]:
+    def by_stem(folder: Path) -> dict[str, Path]:
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_image_path(p)}
+
+    blur, sharp = by_stem(root / "blur"), by_stem(root / "sharp")
+    for stem in sorted(set(blur) | set(sharp)):
+        read = lambda d: d[stem].read_bytes() if stem in d else None  # noqa: E731
+        yield _decode_pair(stem, read(blur), read(sharp))
+
+
+def iter_pairs(data: str | Path) -> Iterator[Pair | Skipped]:
+    """Pairs (or the reason a pair was skipped) from shards or ``blur/`` + ``sharp/`` folders."""
+    path = Path(data)
+    if not path.exists():
+        raise UsageError(f"--data {path}: no such file or directory")
+    if path.is_dir() and (path / "blur").is_dir() and (path / "sharp").is_dir():
+        return _iter_folders(path)
+    shards = _shard_paths(path)
+    if not shards:
+        raise UsageError(f"--data {path}: expected WebDataset shards (*.tar) or folders blur/ and sharp/")
+    return _iter_shards(shards)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    from kornia.metrics import psnr
+
+    value = float(psnr(a, b, max_val=1.0))
+    return value if math.isfinite(value) else 100.0  # identical images: cap instead of inf in JSON
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    from kornia.metrics import ssim
+
+    window = max(3, min(11, (min(a.shape[-2:]) // 2) * 2 - 1))  # odd, fits small images
+    return float(ssim(a, b, window_size=window).mean())
+
+
+def _lpips_status() -> str:
+    """LPIPS needs a pretrained backbone; we never download one, so it runs only when present."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return "skipped: the lpips package is not installed (weights are never downloaded)"
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if not any(hub.glob("alexnet-*.pth")):
+        return f"skipped: LPIPS backbone weights not found under {hub} (never downloaded)"
+    return "available"
+
+
+@torch.no_grad()
+def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list[torch.Tensor],
+                   generator: torch.Generator) -> tuple[float, float]:
+    """MSE(z_b, z_0) and mean over steps of MSE(ẑ, z_0), on the image's latent extent."""
+    from deblurdiff.pipeline import _pad_to_multiple  # the pipeline's own padding, so latents line up
+
+    device = pipe._execution_device
+    m = pipe.pad_multiple
+    z_b = pipe.encode(_pad_to_multiple(blurry.to(device), m), blurry=True, generator=generator).cpu()
+    z_0 = pipe.encode(_pad_to_multiple(sharp.to(device), m), generator=generator).cpu()
+    lh, lw = z_hats[0].shape[-2:]
+    z_b, z_0 = z_b[..., :lh, :lw], z_0[..., :lh, :lw]
+    blurry_mse = float(torch.mean((z_b - z_0) ** 2))
+    lkpn_mse = float(np.mean([float(torch.mean((z - z_0) ** 2)) for z in z_hats]))
+    return blurry_mse, lkpn_mse
+
+
+# ---------------------------------------------------------------------------------------- output
+def write_contact_sheet(rows: list[tuple[np.ndarray, ...]], path: Path, height: int = 160) -> None:
+    """One row per pair (blurry / restored / sharp), each image scaled to ``height`` px."""
+    from PIL import Image
+
+    def scaled(img: np.ndarray) -> Image.Image:
+        h, w = img.shape[:2]
+        return Image.fromarray(img).resize((max(1, round(w * height / h)), height), Image.BICUBIC)
+
+    tiles = [[scaled(img) for img in row] for row in rows]
+    gap = 4
+    width = max(sum(t.width for t in row) + gap * (len(row) - 1) for row in tiles)
+    sheet = Image.new("RGB", (width, len(tiles) * (height + gap) - gap), (255, 255, 255))
+    for r, row in enumerate(tiles):
+        x = 0
+        for tile in row:
+            sheet.paste(tile, (x, r * (height + gap)))
+            x += tile.width + gap
+    _atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int = 20, sampler: str = "dpmpp",
+             seed: int = 0, limit: int | None = None, sheet_rows: int = 8, progress: bool = True) -> dict:
+    """Restore every pair in ``data`` and write the summary JSON, per-image CSV and contact sheet.
+
+    Each image gets its own generator seeded with ``seed``, so a result never depends on order.
+    Returns the summary dict (also written to ``output``).
+    """
+    from tqdm import tqdm
+
+    output = Path(output)
+    pipe.set_progress_bar_config(disable=True)  # one bar, over pairs
+    rows, skipped, sheet = [], [], []
+    started = time.perf_counter()
+    pairs = iter_pairs(data)
+    for item in tqdm(pairs, desc="eval", unit="pair", disable=not progress):
+        if isinstance(item, Skipped):
+            logger.warning("skipping %s: %s", item.key, item.reason)
+            skipped.append(asdict(item))
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+        blurry, sharp = _to_tensor(item.blurry), _to_tensor(item.sharp)
+        generator = torch.Generator().manual_seed(seed)
+        out = pipe(blurry, num_inference_steps=steps, sampler=sampler, generator=generator,
+                   output_type="pt", return_intermediates=True)
+        restored = out.images.float().cpu()  # (1, 3, H, W)
+        blurry_mse, lkpn_mse = _latent_errors(pipe, blurry, sharp, out.z_hat,
+                                              torch.Generator().manual_seed(seed))
+        rows.append({
+            "key": item.key, "width": item.sharp.shape[1], "height": item.sharp.shape[0],
+            "psnr_blurry": _psnr(blurry, sharp), "psnr_restored": _psnr(restored, sharp),
+            "ssim_blurry": _ssim(blurry, sharp), "ssim_restored": _ssim(restored, sharp),
+            "blurry_latent_mse": blurry_mse, "lkpn_latent_mse": lkpn_mse,
+        })
+        if len(sheet) < sheet_rows:
+            restored_u8 = (restored[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            sheet.append((item.blurry, restored_u8, item.sharp))
+    if not rows:
+        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:3])
+        raise UsageError(f"--data {data}: no usable pairs" + (f" ({reasons})" if reasons else ""))
+
+    metrics = [k for k in rows[0] if k not in ("key", "width", "height")]
+    summary = {
+        "pairs": len(rows),
+        "skipped": skipped,
+        "steps": steps, "sampler": sampler, "seed": seed,
+        "model_preset": pipe.config.get("preset", "custom"),
+        **{k: float(np.mean([r[k] for r in rows])) for k in metrics},
+        "lpips": _lpips_status(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "per_image_csv": str(output.with_suffix(".csv")),
+        "contact_sheet": str(output.with_name(output.stem + "_sheet.png")),
+    }
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _atomic_write(output.with_suffix(".csv"), write_csv)
+    write_contact_sheet(sheet, Path(summary["contact_sheet"]))
+    _atomic_write(output, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
