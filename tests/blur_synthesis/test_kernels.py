@@ -107,3 +107,26 @@ def test_kernels_to_array_pads_centred_to_one_float32_array():
     cx, cy = _centroid(torch.from_numpy(arr[0]))
     assert abs(cx - (big.shape[0] - 1) / 2) < 1e-3 and abs(cy - (big.shape[0] - 1) / 2) < 1e-3
     assert kernels_to_array(big).shape == (1, *big.shape)  # a single 2-D kernel
+
+
+def test_rotated_trajectory_is_the_same_shake_turned():
+    spec = {"family": "trajectory", "size": 41, "steps": 256, "anxiety": 0.005, "centripetal": 0.3, "gaussian": 5.0,
+            "impulsive": 0.1, "exposure": 0.9, "walk_seed": 3}
+    k0 = build_psf(spec)
+    k90 = build_psf({**spec, "rotation": 90.0})
+    # a quarter turn of the path is a quarter turn of the PSF, counter-clockwise as displayed
+    assert torch.allclose(k90, torch.rot90(k0, k=1, dims=(0, 1)), atol=1e-6)
+    assert not torch.allclose(k90, k0, atol=1e-3)
+
+
+def test_shared_shake_regions_reuse_the_path():
+    from deblurdiff.blur_synthesis import Recipe, sample_params
+
+    d = load_recipe("realistic").to_dict()
+    d["blur"]["families"] = {"trajectory": 1.0, "linear": 0.0, "defocus": 0.0, "gaussian": 0.0}
+    d["blur"]["spatially_varying"].update(prob=1.0, shared_shake=1.0, regions=[3, 3])
+    r = Recipe.from_dict(d)
+    for seed in range(5):
+        psfs = sample_params(r, seed)["blur"]["psfs"]
+        assert len(psfs) == 3 and len({p["walk_seed"] for p in psfs}) == 1
+        assert all(-25 <= p.get("rotation", 0.0) <= 25 and 5 <= p["size"] <= 127 and p["size"] % 2 for p in psfs)

@@ -55,7 +55,7 @@ def _caption(params: dict) -> str:
     stages = [name for name in ("linear_light", "saturation", "bayer", "noise") if params[name]["applied"]]
     if params["jpeg"]["applied"]:
         stages.append(f"jpeg q{params['jpeg']['quality']}")
-    return f"seed {params['seed']}: {psfs}; " + " ".join(stages)
+    return f"seed {params['seed']}: {psfs} | " + ", ".join(stages)
 
 
 def _kernel_tile(kernels: np.ndarray, size: int) -> np.ndarray:

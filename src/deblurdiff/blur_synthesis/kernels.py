@@ -23,6 +23,7 @@ from deblurdiff.blur_synthesis.recipe import BlurCfg, DefocusCfg, GaussianCfg, L
 
 __all__ = [
     "sample_psf",
+    "related_psf",
     "build_psf",
     "trajectory_path",
     "rasterize_path",
@@ -88,6 +89,14 @@ def sample_psf(g: torch.Generator, cfg: BlurCfg) -> dict:
     return _sample_gaussian(g, cfg.gaussian)
 
 
+def related_psf(g: torch.Generator, first: dict, rotation: tuple[float, float], scale: tuple[float, float], max_size: int) -> dict:
+    """Another region's view of the same camera shake: ``first``'s path turned by a drawn angle and
+    scaled by a drawn factor (size kept odd, within [5, max_size])."""
+    turn, factor = uniform(g, *rotation), uniform(g, *scale)
+    size = min(max_size, max(5, _odd(first["size"] * factor)))
+    return {**first, "size": size, "rotation": first.get("rotation", 0.0) + turn}
+
+
 def _sample_trajectory(g: torch.Generator, c: TrajectoryCfg) -> dict:
     return {
         "family": "trajectory",
@@ -137,6 +146,11 @@ def build_psf(spec: dict) -> torch.Tensor:
             spec["walk_seed"], spec["steps"], spec["anxiety"], spec["centripetal"], spec["gaussian"], spec["impulsive"]
         )
         exposed = path[: max(2, int(round(spec["exposure"] * len(path))))]
+        # a region of a rotating camera; degrees counter-clockwise as displayed (like `linear.angle`)
+        turn = math.radians(spec.get("rotation", 0.0))
+        if turn:
+            c, s = math.cos(turn), math.sin(turn)
+            exposed = exposed @ torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
         psf = rasterize_path(_fit_to_canvas(exposed, size - 3), size)
     elif family == "linear":
         half = spec["length"] / 2

@@ -126,6 +126,13 @@ class SpatiallyVaryingCfg(_Section):
     prob: Prob = 0.0
     regions: Annotated[tuple[int, int], AfterValidator(_check_range)] = (2, 3)
     softness: PositiveRange = (0.02, 0.15)  # mask transition width, as a fraction of the image size
+    # Camera shake that varies across the frame comes mostly from in-plane rotation: the regions see
+    # the same hand motion, turned and scaled. With this probability (when region 1 is a camera-shake
+    # PSF) the other regions reuse its path, rotated by `rotation` degrees and scaled by `scale`;
+    # otherwise every region draws its own PSF (e.g. depth-dependent defocus next to motion).
+    shared_shake: Prob = 0.0
+    rotation: Range = (-25.0, 25.0)
+    scale: PositiveRange = (0.6, 1.4)
 
     @model_validator(mode="after")
     def _two_or_more(self) -> "SpatiallyVaryingCfg":

@@ -25,7 +25,7 @@ import torch
 
 from deblurdiff.blur_synthesis import formation as fm
 from deblurdiff.blur_synthesis.conv import fft_blur, region_masks
-from deblurdiff.blur_synthesis.kernels import bernoulli, build_psf, choice, log_uniform, pad_to, randint, sample_psf, uniform
+from deblurdiff.blur_synthesis.kernels import bernoulli, build_psf, choice, log_uniform, pad_to, randint, related_psf, sample_psf, uniform
 from deblurdiff.blur_synthesis.recipe import Recipe, load_recipe
 
 __all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "build_masks", "noise_field", "degrade"]
@@ -70,6 +70,10 @@ def sample_params(recipe: Recipe, seed: int) -> dict:
     varying = bernoulli(g, sv.prob)
     n_regions = randint(g, *sv.regions) if varying else 1
     psfs = [sample_psf(g, r.blur) for _ in range(n_regions)]
+    shared = bernoulli(g, sv.shared_shake) and varying and psfs[0]["family"] == "trajectory"
+    if shared:  # the same hand motion seen through a rotating camera: turned and scaled per region
+        max_size = 2 * ((int(r.blur.trajectory.size[1]) - 1) // 2) + 1  # largest odd size allowed
+        psfs = [psfs[0]] + [related_psf(g, psfs[0], sv.rotation, sv.scale, max_size) for _ in range(n_regions - 1)]
     blur = {"psfs": psfs, "border": r.blur.border, "masks": None}
     if varying:
         centres = torch.rand(n_regions, 2, generator=g, dtype=torch.float64).tolist()
