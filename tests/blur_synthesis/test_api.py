@@ -67,3 +67,73 @@ def test_same_seed_same_result_whatever_the_batch(photos):
     # a different seed gives a different degradation
     other = synthesize(photos[:1], "realistic", seeds=[999])
     assert not torch.equal(other.blurry[0], batch.blurry[0])
+
+
+@pytest.mark.parametrize("recipe", ["realistic", "clean-motion"])
+def test_odd_sizes_float64_and_non_contiguous(recipe):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 97, 131, 3, generator=g, dtype=torch.float64).permute(0, 3, 1, 2)  # non-contiguous
+    out = synthesize(x, recipe, seeds=[5, 6])
+    assert out.blurry.shape == (2, 3, 97, 131) and out.blurry.dtype == torch.float64
+    assert torch.isfinite(out.blurry).all() and out.blurry.min() >= 0 and out.blurry.max() <= 1
+    same = synthesize(x.contiguous(), recipe, seeds=[5, 6])
+    torch.testing.assert_close(out.blurry, same.blurry, atol=1e-12, rtol=0)
+
+
+def test_kernels_and_masks_rebuild_from_the_json_record(photos):
+    from deblurdiff.blur_synthesis import build_kernels, build_masks
+
+    out = synthesize(photos, "realistic", seeds=[40, 41, 42, 43])
+    for k, p in zip(out.kernels, out.params):
+        record = json.loads(json.dumps(p))
+        assert torch.equal(build_kernels(record), k)
+        masks = build_masks(record, 160, 192)
+        assert (masks is None) == (k.shape[0] == 1)
+
+
+def test_every_stage_of_realistic_is_exercised_and_recorded():
+    from deblurdiff.blur_synthesis import sample_params
+
+    r = load_recipe("realistic")
+    ps = [sample_params(r, s) for s in range(300)]
+    for stage, prob in (("linear_light", 0.9), ("saturation", 0.5), ("noise", 0.9), ("bayer", 0.3), ("jpeg", 0.7)):
+        rate = np.mean([p[stage]["applied"] for p in ps])
+        assert abs(rate - prob) < 0.1, (stage, rate)
+    families = {spec["family"] for p in ps for spec in p["blur"]["psfs"]}
+    assert families == {"trajectory", "linear", "defocus", "gaussian"}
+    assert 0.2 < np.mean([len(p["blur"]["psfs"]) > 1 for p in ps]) < 0.4
+    assert max(spec["size"] for p in ps for spec in p["blur"]["psfs"] if spec["family"] == "trajectory") == 127
+    assert all(60 <= p["jpeg"]["quality"] <= 95 for p in ps)
+
+
+def test_bad_inputs_raise_clear_errors(photos):
+    with pytest.raises(ValueError, match=r"one int per sample, got 2 for a batch of 4"):
+        synthesize(photos, "realistic", seeds=[1, 2])
+    with pytest.raises(ValueError, match=r"float tensor \(B, 3, H, W\)"):
+        synthesize(photos[:, :1], "realistic", seeds=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"float tensor"):
+        synthesize((photos * 255).byte(), "realistic", seeds=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"unknown name"):
+        synthesize(photos, "no-such-recipe", seeds=[1, 2, 3, 4])
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_agree(photos):
+    """Same draws and kernels on both devices; pixels agree to float rounding before JPEG and to a
+    few 8-bit levels after it (rounding can flip a value feeding the codec)."""
+    d = load_recipe("realistic").to_dict()
+    d["jpeg"]["prob"] = 0.0
+    from deblurdiff.blur_synthesis import Recipe
+
+    no_jpeg = Recipe.from_dict(d)
+    seeds = [7, 8, 9, 10]
+    cpu = synthesize(photos, no_jpeg, seeds=seeds)
+    gpu = synthesize(photos.cuda(), no_jpeg, seeds=seeds)
+    assert gpu.blurry.device.type == "cuda"
+    assert cpu.params == gpu.params
+    for a, b in zip(cpu.kernels, gpu.kernels):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(gpu.blurry.cpu(), cpu.blurry, atol=2e-4, rtol=0)
+    full_cpu = synthesize(photos, "realistic", seeds=seeds)
+    full_gpu = synthesize(photos.cuda(), "realistic", seeds=seeds)
+    assert (full_gpu.blurry.cpu() - full_cpu.blurry).abs().mean() < 1 / 255
