@@ -130,3 +130,19 @@ def test_resume_rebuilds_only_missing_shards(runs, messy_corpus, tmp_path):
     assert [(s["name"], s["samples"]) for s in resumed["shards"]] == [(s["name"], s["samples"]) for s in first["shards"]]
     assert resumed["skipped"] == first["skipped"] and resumed["totals"] == first["totals"]
     assert resumed["last_run"]["shards_written"] == 2
+
+
+def test_any_fsspec_filesystem_for_inputs_and_output(ray_cluster, messy_corpus, tmp_path):
+    """The pyarrow-wrapped fsspec path (what s3fs/gcsfs use), with URIs on both sides."""
+    import fsspec
+
+    from deblurdiff.pipelines import run_synth
+
+    out = tmp_path / "via-fsspec"
+    summary = run_synth([f"file://{messy_corpus.root / 'astronaut.png'}", f"file://{messy_corpus.root / 'shards'}"],
+                        f"file://{out}", filesystem=fsspec.filesystem("file"), workers=1,
+                        **{**SETTINGS, "shard_size": 10})
+    assert summary.samples == 6 and summary.shards == 1
+    m = _manifest(out)
+    assert m["inputs"][0].startswith("file://") and m["shards"][0]["samples"] == 6
+    assert not list(out.glob("*.tmp-*")) and (out / "shard-000000.tar").stat().st_size > 0

@@ -3,10 +3,11 @@
 Ray glue, kept in one place. Two rules learned the hard way:
 
 - Never ask for more CPU than the cluster has: a pool whose actors take every CPU leaves none for
-  the read/decode tasks upstream, and a fixed-size pool that cannot start waits forever (a pool of
-  2 one-CPU actors on a 2-CPU node hung). So callers name the CPUs other stages need
-  (``reserve_cpus``), the pool may start with one actor (``min_size=1``), and when more workers are
-  asked for than CPUs are free they share them (fractional ``num_cpus``) instead of waiting.
+  the read/decode tasks upstream, and a pool that cannot start waits forever (a pool of 2 one-CPU
+  actors beside the readers on a 2-CPU node hung). So callers name the CPUs other stages need
+  (``reserve_cpus``), and when more workers are asked for than CPUs are free they share them
+  (fractional ``num_cpus``) instead of waiting. The pool is then fixed-size (it fits by
+  construction); callers that wait for it to start do so with a timeout.
 - Results must not depend on the pool: CPU actors run torch on one thread each (parallelism comes
   from actors), so ``--workers 1`` and ``--workers 4`` make the same bytes.
 """
@@ -35,10 +36,10 @@ class ActorPool:
     def strategy(self):
         import ray.data
 
-        # One work item in flight per actor: items are large (a shard), so an idle actor should take
-        # the next one rather than find it queued behind a busy actor.
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=self.size, initial_size=self.size,
-                                          max_tasks_in_flight_per_actor=1)
+        # Fixed size (min = max): it fits the cluster by construction, so there is nothing to
+        # autoscale. One work item in flight per actor: items are large (a shard), so an idle actor
+        # should take the next one rather than find it queued behind a busy actor.
+        return ray.data.ActorPoolStrategy(min_size=self.size, max_size=self.size, max_tasks_in_flight_per_actor=1)
 
     def remote_args(self) -> dict:
         # (Ray Data places actors with its default SPREAD strategy: different nodes first.)

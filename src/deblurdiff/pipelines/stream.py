@@ -39,7 +39,7 @@ BATCH_KEYS = ("sharp", "blurry")  # float32 (3, H, W) per row; (B, 3, H, W) per 
 def training_dataset(*, shards=None, images=None, crop: int | None = None, recipe="realistic", seed: int = 0,
                      crops_per_image: int = 1, filesystem=None, num_cpus: float = 0.5,
                      synth_workers: int | None = None, synth_cpus: float | None = None,
-                     use_gpu: bool | None = None):
+                     use_gpu: bool = False):
     """A ``ray.data.Dataset`` whose rows are ``{"sharp", "blurry"}``, float32 (3, H, W) in [0, 1].
 
     Give exactly one of
@@ -53,8 +53,8 @@ def training_dataset(*, shards=None, images=None, crop: int | None = None, recip
 
     Resources (so the data stages fit beside the training workers): ``num_cpus`` per read/decode
     task; ``synth_workers`` actors of ``synth_cpus`` CPUs each for on-the-fly blur (default: from
-    the cluster, leaving one CPU to the readers); GPU actors when the cluster has GPUs and
-    ``use_gpu`` is not False. Needs a connected Ray. Iterate with
+    the cluster, leaving one CPU to the readers); ``use_gpu=True`` puts the blur on GPU actors
+    (off by default: the trainer needs the GPUs). Needs a connected Ray. Iterate with
     ``iter_torch_batches(batch_size=B)`` -> ``{"sharp", "blurry"}`` tensors (B, 3, H, W).
     """
     if (shards is None) == (images is None):

@@ -67,6 +67,7 @@ class ShardBuilder:
         import ray
 
         timings = {"read_decode_s": 0.0, "synthesis_s": 0.0, "encode_write_s": 0.0}
+        started_at = time.time()
         skipped: list[dict] = []
         writer = self.output.shard_writer(plan.name)
         pending: list[tuple] = []  # (sample index, source, Crop), flushed every batch_size samples
@@ -86,7 +87,8 @@ class ShardBuilder:
                         self._flush(pending, writer, timings)
             self._flush(pending, writer, timings)
             record = {"name": plan.name, "samples": writer.samples, "skipped": skipped,
-                      "node": ray.get_runtime_context().get_node_id(), "timings": timings}
+                      "node": ray.get_runtime_context().get_node_id(), "timings": timings,
+                      "started_at": started_at, "finished_at": time.time()}
             # The record goes first: a shard under its final name always has one (sink.py).
             self.output.write_record(plan.name, record)
             writer.commit()
@@ -286,10 +288,6 @@ def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
     """Yield each shard's record as its actor finishes it (Ray Data shows the progress bars)."""
     import ray.data
 
-    # Start every actor before handing out shards (so work spreads over the pool instead of the
-    # first actor up taking it all); a pool that cannot start fails after this many seconds
-    # instead of hanging.
-    ray.data.DataContext.get_current().wait_for_min_actors_s = 600
     ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
         ShardBuilder,
@@ -298,6 +296,10 @@ def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
         compute=pool.strategy(),
         **pool.remote_args(),
     )
+    # Start every actor before handing out shards (so work spreads over the pool instead of the
+    # first actor up taking it all); a pool that cannot start fails after this long instead of
+    # hanging. Set on this dataset's own context, not the process-wide one.
+    ds.context.wait_for_min_actors_s = 600
     for row in ds.iter_rows():
         yield json.loads(row["record"])
 
