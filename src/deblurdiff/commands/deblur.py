@@ -1,0 +1,114 @@
+"""``deblurdiff deblur INPUT... --model DIR --output DIR``: deblur image files or folders.
+
+Writes ``OUTPUT/<input stem>.png`` at each input's size. Unreadable inputs are reported and skipped;
+exit 2 when none could be read or ``--model`` is not a pipeline directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from deblurdiff.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+# Kept in step with deblurdiff.pipeline.SAMPLERS (imported lazily: --help must not import torch);
+# tests/commands/test_deblur.py checks they match.
+SAMPLER_CHOICES = ("ddpm", "dpmpp")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("deblur", help="deblur images with a trained pipeline",
+                              description="Deblur image files (or every image in the given folders).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--model", required=True, metavar="DIR", help="a DeblurDiffPipeline directory (save_pretrained)")
+    p.add_argument("--output", required=True, metavar="DIR", help="where to write <name>.png")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50; ~20 with dpmpp)")
+    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default="ddpm",
+                   help="ddpm (released, default) or dpmpp (DPM-Solver++, fast)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output (default 0)")
+    p.add_argument("--tile", type=int, default=None, metavar="N",
+                   help="latent tiling with N-pixel tiles (stride N/2) for large images")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run)
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders expanded to their image files (sorted, not recursive).
+    Returns (candidate files, [(path, reason)] for inputs that do not exist or hold no images)."""
+    from deblurdiff.imageio import is_image_path
+
+    files, skipped = [], []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_path(p))
+            if not found:
+                skipped.append((raw, "folder holds no image files"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            skipped.append((raw, "no such file or folder"))
+    return files, skipped
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # never a partial file under the final name
+
+
+def run(args: argparse.Namespace) -> int:
+    model = Path(args.model)
+    if not (model / "model_index.json").is_file():
+        raise UsageError(f"--model {args.model}: not a DeblurDiff pipeline directory (no model_index.json)")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    files, skipped = collect_inputs(args.inputs)
+
+    import torch
+    from tqdm import tqdm
+
+    from deblurdiff import DeblurDiffPipeline
+    from deblurdiff.imageio import ImageDecodeError, encode_image, read_rgb
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        pipe = DeblurDiffPipeline.from_pretrained(str(model)).to(device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"--model {args.model}: cannot load the pipeline ({str(exc).splitlines()[0]})") from exc
+    if args.tile is not None and (args.tile <= 0 or args.tile % pipe.pad_multiple):
+        raise UsageError(f"--tile must be a positive multiple of {pipe.pad_multiple}, got {args.tile}")
+    pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per image
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    written, seen = 0, set()
+    for path in tqdm(files, desc="deblur", unit="img", file=sys.stderr):
+        if path.stem in seen:
+            skipped.append((str(path), f"another input already writes {path.stem}.png"))
+            continue
+        try:
+            rgb = read_rgb(path)
+        except ImageDecodeError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        seen.add(path.stem)
+        generator = torch.Generator(device).manual_seed(args.seed)  # per image: independent of order
+        image = pipe(rgb, num_inference_steps=args.steps, sampler=args.sampler, generator=generator,
+                     tile_size=args.tile, output_type="np").images[0]
+        _write_atomic(out_dir / f"{path.stem}.png", encode_image((image * 255).round().astype("uint8")))
+        written += 1
+
+    for path, reason in skipped:
+        print(f"deblurdiff deblur: skipped {path}: {reason}", file=sys.stderr)
+    if written == 0:
+        raise UsageError(f"no readable input images among {len(args.inputs)} input(s) "
+                         f"({len(skipped)} skipped, see above)")
+    print(f"deblurred {written} image(s) into {out_dir}" + (f"; skipped {len(skipped)}" if skipped else ""))
+    return 0
