@@ -91,8 +91,10 @@ def _ray_cmd() -> str:
 
 
 def _start_node(args: list[str]) -> None:
+    # The venv's bin first on the nodes' PATH, so jobs submitted to them find `deblurdiff`.
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run([_ray_cmd(), "start", *args, "--disable-usage-stats"],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"ray start {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
