@@ -32,7 +32,7 @@ logger = logging.getLogger("deblurdiff.ops")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCE = CSRC / "eac_cpu.cpp"
-CUDA_SOURCE = CSRC / "eac_cuda.cu"
+CUDA_SOURCES = (CSRC / "eac_cuda.cpp", CSRC / "eac_cuda_kernels.cu")  # torch glue, kernels
 BACKEND_ENV = "DEBLURDIFF_EAC_BACKEND"  # "auto" (default) or "torch"
 
 
@@ -56,6 +56,8 @@ def backend(device_type: str) -> Backend:
     found = _backends.get(device_type)
     if found is not None:
         return found
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("eac: no CUDA device is available here, so nothing runs on 'cuda'")
     with _lock:  # one build per process, even when several threads hit the op at once
         if device_type not in _backends:
             _backends[device_type] = _select(device_type)
@@ -135,7 +137,7 @@ def _build_cuda():
     logger.info("EAC: loading/building the CUDA extension %s for sm_%d%d", name, major, minor)
     cpp_extension.load(
         name=name,
-        sources=[str(CUDA_SOURCE)],
+        sources=[str(path) for path in CUDA_SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3", "-lineinfo"],
         is_python_module=False,  # registers torch.ops.deblurdiff_cuda.*
