@@ -121,7 +121,7 @@ class Families(_Section):
 
 
 class SpatiallyVaryingCfg(_Section):
-    """Several PSFs blended by smooth masks (soft Voronoi regions): blurry = sum_i m_i * (x conv k_i)."""
+    """Several PSFs over smooth masks (soft Voronoi regions): blurry = sum_i k_i conv (m_i * sharp)."""
 
     prob: Prob = 0.0
     regions: Annotated[tuple[int, int], AfterValidator(_check_range)] = (2, 3)

@@ -209,11 +209,10 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
 
     prepared = _map(prepare, seeds)
     # 2. image formation on sharp's device, one sample at a time (so batch-independent bit for bit)
-    blurry = torch.empty_like(sharp)
-    for i, (p, k, eps) in enumerate(prepared):
-        blurry[i : i + 1] = degrade(sharp[i : i + 1], p, k, eps, apply_jpeg=False)
+    blurry = [degrade(sharp[i : i + 1], p, k, eps, apply_jpeg=False) for i, (p, k, eps) in enumerate(prepared)]
     # 3. the camera's JPEG, on CPU (Pillow/libjpeg)
     coded = [i for i, (p, _, _) in enumerate(prepared) if p["jpeg"]["applied"]]
-    for i, x in zip(coded, _map(lambda i: fm.jpeg(blurry[i : i + 1], [prepared[i][0]["jpeg"]["quality"]]), coded)):
-        blurry[i : i + 1] = x
-    return SynthesisResult(blurry=blurry, kernels=[k for _, k, _ in prepared], params=[p for p, _, _ in prepared], recipe=recipe)
+    for i, x in zip(coded, _map(lambda i: fm.jpeg(blurry[i], [prepared[i][0]["jpeg"]["quality"]]), coded)):
+        blurry[i] = x
+    out = torch.cat(blurry) if blurry else sharp.clone()
+    return SynthesisResult(blurry=out, kernels=[k for _, k, _ in prepared], params=[p for p, _, _ in prepared], recipe=recipe)
