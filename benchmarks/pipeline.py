@@ -9,8 +9,9 @@ photos (scikit-image samples), resized and cut into distinct JPEGs. Columns:
 
 - end-to-end pairs/s: samples / wall time of the Ray job (actor start-up included);
 - steady pairs/s: samples / (last shard finished - first shard started), i.e. without start-up;
-- decode / synthesis / encode: share of the actors' busy time (read+decode+crop, recipe,
-  PNG/npy/json encode + tar write);
+- actor CPU ms/pair and decode / synthesis / encode: the actors' CPU time (thread CPU time, so a
+  busy machine does not distort it) per pair and its split: read+decode+crop, the recipe,
+  PNG/npy/json encode + tar write;
 - peak RSS: sampled every 50 ms over the driver and every Ray process (sum), and the largest
   single worker process.
 """
@@ -91,15 +92,16 @@ def run_once(corpus: Path, out: Path, workers: int, crop: int, shard_size: int, 
                             shard_size=shard_size, workers=workers)
     records = [json.loads(p.read_text()) for p in sorted((out / ".synth").glob("shard-*.json"))]
     span = max(r["finished_at"] for r in records) - min(r["started_at"] for r in records)
-    busy = summary.timings
-    total_busy = sum(busy.values()) or 1.0
+    cpu = summary.timings["cpu_s"]  # CPU seconds per stage, summed over actors
+    total_cpu = sum(cpu.values()) or 1.0
     return {
         "workers": workers,
         "images": sum(1 for _ in corpus.iterdir()),
         "samples": summary.samples,
         "end_to_end": summary.pairs_per_s,
         "steady": summary.samples / span if span > 0 else float("nan"),
-        "split": {k: v / total_busy for k, v in busy.items()},
+        "split": {k: v / total_cpu for k, v in cpu.items()},
+        "cpu_ms_per_pair": 1000 * total_cpu / max(summary.samples, 1),
         "peak_total_mib": mem.total / 2**20,
         "peak_worker_mib": mem.worker / 2**20,
     }
@@ -134,12 +136,12 @@ def main() -> None:
 
     print(f"# synth pipeline, recipe {args.recipe}, crop {args.crop}, {args.cpus} Ray CPUs, "
           f"{platform.machine()} {psutil.cpu_count()} cores, load average up to {load:.1f}")
-    print("| workers | images | samples | end-to-end pairs/s | steady pairs/s | decode | synthesis | encode |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| workers | images | samples | end-to-end pairs/s | steady pairs/s | actor CPU ms/pair | decode | synthesis | encode |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["split"]
         print(f"| {r['workers']} | {r['images']} | {r['samples']} | {r['end_to_end']:.2f} | {r['steady']:.2f} | "
-              f"{s['read_decode_s']:.0%} | {s['synthesis_s']:.0%} | {s['encode_write_s']:.0%} |")
+              f"{r['cpu_ms_per_pair']:.1f} | {s['read_decode']:.0%} | {s['synthesis']:.0%} | {s['encode_write']:.0%} |")
     print(f"\nspeed-up 2 vs 1 workers: end-to-end {rows[1]['end_to_end'] / rows[0]['end_to_end']:.2f}x, "
           f"steady {rows[1]['steady'] / rows[0]['steady']:.2f}x (target >= 1.5x)\n")
     print("| images | samples | peak RSS, driver + Ray (MiB) | peak RSS, largest worker (MiB) | pairs/s |")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +48,7 @@ class ShardBuilder:
     """Ray Data actor (``map_batches`` callable class): builds the shards named by its input rows.
 
     Input rows: ``{"plan": ShardPlan JSON}``. Output rows: ``{"record": JSON}`` — the shard's name,
-    sample count, skipped sources with reasons, node id and stage timings.
+    sample count, skipped sources with reasons, node id, per-stage wall and CPU seconds.
     """
 
     def __init__(self, *, recipe, crop: int, crops_per_image: int, seed: int, output: OutputDir,
@@ -66,28 +67,27 @@ class ShardBuilder:
     def build(self, plan: ShardPlan) -> dict:
         import ray
 
-        timings = {"read_decode_s": 0.0, "synthesis_s": 0.0, "encode_write_s": 0.0}
+        timings = _Timings()
         started_at = time.time()
         skipped: list[dict] = []
         writer = self.output.shard_writer(plan.name)
         pending: list[tuple] = []  # (sample index, source, Crop), flushed every batch_size samples
         try:
             for source, indices in plan.by_source(self.n):
-                t0 = time.perf_counter()
-                try:
-                    data = read_source(source, self.filesystems)
-                    crops = decode_crops(data, source.key, [i % self.n for i in indices], self.crop, self.seed)
-                except ImageDecodeError as exc:
-                    skipped.append({"path": source.uri, "reason": str(exc)})
-                    crops = []
-                timings["read_decode_s"] += time.perf_counter() - t0
+                with timings("read_decode"):
+                    try:
+                        data = read_source(source, self.filesystems)
+                        crops = decode_crops(data, source.key, [i % self.n for i in indices], self.crop, self.seed)
+                    except ImageDecodeError as exc:
+                        skipped.append({"path": source.uri, "reason": str(exc)})
+                        crops = []
                 for index, crop in zip(indices, crops):
                     pending.append((index, source, crop))
                     if len(pending) >= self.batch_size:
                         self._flush(pending, writer, timings)
             self._flush(pending, writer, timings)
             record = {"name": plan.name, "samples": writer.samples, "skipped": skipped,
-                      "node": ray.get_runtime_context().get_node_id(), "timings": timings,
+                      "node": ray.get_runtime_context().get_node_id(), **timings.to_dict(),
                       "started_at": started_at, "finished_at": time.time()}
             # The record goes first: a shard under its final name always has one (sink.py).
             self.output.write_record(plan.name, record)
@@ -97,14 +97,13 @@ class ShardBuilder:
             raise
         return record
 
-    def _flush(self, pending: list[tuple], writer, timings: dict) -> None:
+    def _flush(self, pending: list[tuple], writer, timings: "_Timings") -> None:
         if not pending:
             return
-        t0 = time.perf_counter()
         sharp = np.stack([crop.pixels for _, _, crop in pending])  # (n, c, c, 3) uint8
         seeds = [sample_seed(self.seed, source.key, crop.crop_index, "blur") for _, source, crop in pending]
-        blurry, kernels, params = synthesize_crops(sharp, seeds, self.recipe, self.device)
-        t1 = time.perf_counter()
+        with timings("synthesis"):
+            blurry, kernels, params = synthesize_crops(sharp, seeds, self.recipe, self.device)
         for j, (index, source, crop) in enumerate(pending):
             meta = {
                 "key": sample_key(index, source),
@@ -118,10 +117,31 @@ class ShardBuilder:
                 "recipe": {"name": self.recipe.name, "hash": self.recipe.hash},
                 "params": params[j],
             }
-            writer.add(meta["key"], encode_sample(crop.pixels, blurry[j], kernels[j], meta))
-        timings["synthesis_s"] += t1 - t0
-        timings["encode_write_s"] += time.perf_counter() - t1
+            with timings("encode_write"):
+                writer.add(meta["key"], encode_sample(crop.pixels, blurry[j], kernels[j], meta))
         pending.clear()
+
+
+class _Timings:
+    """Per-stage wall time and this thread's CPU time (the CPU split stays honest on a busy machine)."""
+
+    STAGES = ("read_decode", "synthesis", "encode_write")
+
+    def __init__(self):
+        self.wall = dict.fromkeys(self.STAGES, 0.0)
+        self.cpu = dict.fromkeys(self.STAGES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        w, c = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall[stage] += time.perf_counter() - w
+            self.cpu[stage] += time.thread_time() - c
+
+    def to_dict(self) -> dict:
+        return {"wall_s": self.wall, "cpu_s": self.cpu}
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -135,7 +155,7 @@ class SynthSummary:
     elapsed_s: float
     samples_written: int
     nodes: list[str] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # {"wall_s"|"cpu_s": {stage: seconds summed over actors}}
 
     @property
     def pairs_per_s(self) -> float:
@@ -307,15 +327,17 @@ def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
 def _write_manifest(out: OutputDir, plans: list[ShardPlan], records: dict[str, dict], listing_skipped: list[Skipped],
                     settings: dict, inputs: list[str], written: set[str], elapsed: float) -> SynthSummary:
     skipped: dict[str, str] = {s.path: s.reason for s in listing_skipped}
-    shards, timings = [], {"read_decode_s": 0.0, "synthesis_s": 0.0, "encode_write_s": 0.0}
+    shards = []
+    timings = {kind: dict.fromkeys(_Timings.STAGES, 0.0) for kind in ("wall_s", "cpu_s")}  # summed over actors
     for plan in plans:
         record = records[plan.name]
         shards.append({"name": plan.name, "samples": record["samples"], "node": record.get("node")})
         for item in record["skipped"]:
             skipped.setdefault(item["path"], item["reason"])  # a source may straddle two shards
         if plan.name in written:
-            for k in timings:
-                timings[k] += record["timings"].get(k, 0.0)
+            for kind, stages in timings.items():
+                for stage in stages:
+                    stages[stage] += record[kind][stage]
     samples = sum(s["samples"] for s in shards)
     samples_written = sum(records[n]["samples"] for n in written)
     summary = SynthSummary(output=out.uri, samples=samples, shards=len(shards), shards_written=len(written),
@@ -335,7 +357,8 @@ def _write_manifest(out: OutputDir, plans: list[ShardPlan], records: dict[str, d
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
         "last_run": {"shards_written": len(written), "samples_written": samples_written,
                      "elapsed_s": round(elapsed, 3), "pairs_per_s": round(summary.pairs_per_s, 3),
-                     "nodes": summary.nodes, "timings_s": {k: round(v, 3) for k, v in timings.items()}},
+                     "nodes": summary.nodes,
+                     "stage_seconds": {kind: {k: round(v, 3) for k, v in stages.items()} for kind, stages in timings.items()}},
     }
     out.write_json(manifest, MANIFEST)
     return summary

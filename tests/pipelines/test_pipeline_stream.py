@@ -79,3 +79,4 @@ def test_bad_data_settings_are_usage_errors(tmp_path):
         training_dataset(shards=str(tmp_path / "missing"))
     with pytest.raises(UsageError, match="no .tar shards"):
         training_dataset(shards=str(tmp_path))
+
