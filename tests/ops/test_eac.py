@@ -189,6 +189,23 @@ class TestEAC:
         torch.testing.assert_close(xc.grad, xe.grad)
         torch.testing.assert_close(kc.grad, ke.grad)
 
+    def test_cpu_result_does_not_depend_on_thread_count(self):
+        # Each output is summed by one thread in a fixed order: bitwise equal for 1 or 2 threads.
+        x, kernel, k = make_inputs((4, 4, 4, 40, 50, 5), torch.float32)
+        grad_out = torch.randn_like(x)
+        before = torch.get_num_threads()
+        results = []
+        try:
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append((eac(x, kernel, k),
+                                torch.ops.deblurdiff.eac_grad_input(grad_out, kernel, k),
+                                torch.ops.deblurdiff.eac_grad_kernel(grad_out, x, k, 4)))
+        finally:
+            torch.set_num_threads(before)
+        for one, two in zip(*results):
+            assert torch.equal(one, two)
+
     def test_fake_tensor_shapes(self):
         from torch._subclasses.fake_tensor import FakeTensorMode
 

@@ -4,7 +4,9 @@
 //   g = c / (C/G),  p = (k−1)/2                       (DESIGN.md §1 "EAC exactly")
 //
 // Work is split into "row tasks" (b, g, y): every task writes its own output rows, so tasks run in
-// parallel (at::parallel_for, torch's intra-op threads) with no atomics and no k²×input temporary.
+// parallel on torch's intra-op OpenMP threads with one writer per output and no k²×input
+// temporary. Chunks of tasks are handed out dynamically (not one static slice per thread as
+// at::parallel_for does), so a thread the OS pre-empts on a busy machine does not stall the rest.
 // Inside a row the x loop is contiguous for every operand; the interior of a row (where no tap
 // reads outside the image) is computed in register blocks of V outputs that the compiler turns into
 // SIMD FMAs; the p border pixels at each end take a checked scalar path.
@@ -22,7 +24,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 #include <vector>
 
@@ -160,6 +165,25 @@ void grad_kernel_tap(const acc_t* const* drow, const acc_t* const* irow, int64_t
   }
 }
 
+// f(begin, end) over [0, n) in chunks of `grain` tasks, chunks claimed dynamically by torch's
+// OpenMP threads (torch.set_num_threads applies). Serial when one chunk, one thread, or nested.
+template <typename F>
+void parallel_tasks(int64_t n, int64_t grain, const F& f) {
+  const int64_t chunks = (n + grain - 1) / grain;
+  at::internal::lazy_init_num_threads();
+  if (chunks <= 1 || at::get_num_threads() <= 1 || at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+#pragma omp parallel
+  {
+    for (int64_t chunk = next++; chunk < chunks; chunk = next++) {
+      f(chunk * grain, std::min(n, (chunk + 1) * grain));
+    }
+  }
+}
+
 struct Geometry {
   int64_t B, C, G, H, W, k, cpg, kk, HW;
 };
@@ -178,8 +202,8 @@ Geometry geometry(const at::Tensor& chw_tensor, int64_t C, int64_t G, int64_t k)
   return s;
 }
 
-// Row tasks per parallel chunk: at least ~32k multiply-adds per chunk (ATen's usual grain), so
-// small images do not pay thread start-up for nothing.
+// Row tasks per chunk: ~32k multiply-adds (ATen's usual grain), so small images do not pay thread
+// start-up for nothing and large ones still give every thread many chunks to balance.
 constexpr int64_t kGrainFlops = 32768;
 int64_t grain(const Geometry& s) {
   return std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, s.kk * s.W * s.cpg));
@@ -212,7 +236,7 @@ at::Tensor eac_forward(const at::Tensor& input_, const at::Tensor& kernel_, int6
     const scalar_t* in_p = input.const_data_ptr<scalar_t>();
     const scalar_t* k_p = kernel.const_data_ptr<scalar_t>();
     scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.B * s.G * s.H, grain(s), [&](int64_t begin, int64_t end) {
+    parallel_tasks(s.B * s.G * s.H, grain(s), [&](int64_t begin, int64_t end) {
       const bool half = !std::is_same_v<scalar_t, acc_t>;
       std::vector<acc_t> kscratch(half ? s.kk * s.W : 0), iscratch(half ? s.k * s.W : 0), acc(s.W);
       std::vector<const acc_t*> krow(s.kk), irow(s.k);
@@ -258,7 +282,7 @@ at::Tensor eac_grad_input(const at::Tensor& grad_out_, const at::Tensor& kernel_
     const scalar_t* k_p = kernel.const_data_ptr<scalar_t>();
     scalar_t* gi_p = grad_in.mutable_data_ptr<scalar_t>();
     const int64_t p = (s.k - 1) / 2;
-    at::parallel_for(0, s.B * s.G * s.H, grain(s), [&](int64_t begin, int64_t end) {
+    parallel_tasks(s.B * s.G * s.H, grain(s), [&](int64_t begin, int64_t end) {
       const bool half = !std::is_same_v<scalar_t, acc_t>;
       std::vector<acc_t> kscratch(half ? s.kk * s.W : 0), dscratch(half ? s.k * s.W : 0), acc(s.W);
       std::vector<const acc_t*> krow(s.kk), drow(s.k);
@@ -312,7 +336,7 @@ at::Tensor eac_grad_kernel(const at::Tensor& grad_out_, const at::Tensor& input_
     const scalar_t* in_p = input.const_data_ptr<scalar_t>();
     scalar_t* gk_p = grad_k.mutable_data_ptr<scalar_t>();
     const int64_t p = (s.k - 1) / 2;
-    at::parallel_for(0, s.B * s.G * s.H, grain(s), [&](int64_t begin, int64_t end) {
+    parallel_tasks(s.B * s.G * s.H, grain(s), [&](int64_t begin, int64_t end) {
       const bool half = !std::is_same_v<scalar_t, acc_t>;
       // Converted rows per channel of the group: grad_out row y, input rows y−p .. y+p.
       std::vector<acc_t> dscratch(half ? s.cpg * s.W : 0), iscratch(half ? s.cpg * s.k * s.W : 0), acc(s.W);
