@@ -37,22 +37,26 @@ def _per_sample(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- camera response
 # The sRGB curve is kornia.color's (rgb_to_linear_rgb / linear_rgb_to_rgb, IEC 61966-2-1), written
-# here with exp(log) and lerp instead of pow and where: torch's CPU pow with a scalar exponent and
-# where are ~4x slower than these vectorised kernels, and the two curves were 40% of a 512² pair's
-# time. Tests pin it to kornia's functions (equal to float rounding).
+# here without pow and where: torch's CPU pow with a scalar exponent and where are ~4x slower than
+# exp/log and clamp, and the two curves were 40% of a 512² pair's time. The curve is continuous at
+# its threshold t (power(t) == linear(t) to 1e-9), so the two pieces can be added on clamped inputs:
+# f(x) = power(max(x, t)) + linear(min(x, t)) - linear(t). Tests pin it to kornia's functions.
+_SRGB_T, _LIN_T = 0.04045, 0.0031308  # thresholds in display and linear values
+
+
 def _pow(x: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tensor:
     """x ** exponent for x >= 0 (log(0) = -inf, so 0 maps to 0)."""
     return x.log().mul_(exponent).exp_()
 
 
 def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    curve = _pow((x + 0.055).mul_(1 / 1.055).clamp_(min=0.0), 2.4)
-    return torch.lerp(x * (1 / 12.92), curve, (x > 0.04045).to(x.dtype))
+    power = _pow(x.clamp(min=_SRGB_T).add_(0.055).mul_(1 / 1.055), 2.4)
+    return power.add_(x.clamp(max=_SRGB_T).sub_(_SRGB_T).mul_(1 / 12.92))
 
 
 def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    curve = _pow(x.clamp(min=0.0031308), 1 / 2.4).mul_(1.055).sub_(0.055)
-    return torch.lerp(x * 12.92, curve, (x > 0.0031308).to(x.dtype))
+    power = _pow(x.clamp(min=_LIN_T), 1 / 2.4).mul_(1.055).sub_(0.055)
+    return power.add_(x.clamp(max=_LIN_T).sub_(_LIN_T).mul_(12.92))
 
 
 def to_linear(x: torch.Tensor, curve: str = "srgb", gamma: torch.Tensor | float = 2.2) -> torch.Tensor:
@@ -117,12 +121,12 @@ def jpeg(x: torch.Tensor, quality: list[int] | torch.Tensor) -> torch.Tensor:
     """Round-trip each image through the real JPEG codec (Pillow/libjpeg, 4:2:0 chroma) at its own
     quality; x (B, 3, H, W) in [0, 1] -> decoded values k / 255, same device and dtype."""
     quality = [int(q) for q in (quality.tolist() if torch.is_tensor(quality) else quality)]
-    arrays = (x.detach().clamp(0, 1) * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    arrays = (x.detach() * 255).clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
     out = []
     for arr, q in zip(arrays, quality):
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=q)
         buf.seek(0)
-        out.append(np.asarray(Image.open(buf)))  # a 3-channel JPEG decodes to RGB
-    decoded = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-    return decoded.to(device=x.device, dtype=x.dtype) / 255
+        out.append(np.array(Image.open(buf)))  # a 3-channel JPEG decodes to RGB (writable copy)
+    decoded = torch.from_numpy(out[0][None] if len(out) == 1 else np.stack(out)).permute(0, 3, 1, 2)
+    return decoded.to(device=x.device, dtype=x.dtype).div_(255)
