@@ -131,6 +131,19 @@ class TestEAC:
         kernel[:, 0] = big
         assert eac(x, kernel, k)[0, 0, 4, 4].item() == big + 48
 
+    def test_autocast_mixed_dtypes_run_in_float32(self, device):
+        x, kernel, k = make_inputs((2, 4, 4, 9, 10, 5), torch.float32, device)
+        x.requires_grad_()
+        kernel_bf16 = kernel.to(torch.bfloat16).requires_grad_()  # e.g. the LKPN's autocast output
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = eac(x, kernel_bf16, k)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, eac(x.detach(), kernel_bf16.detach().float(), k))
+        out.sum().backward()
+        assert x.grad.dtype == torch.float32 and kernel_bf16.grad.dtype == torch.bfloat16
+        with pytest.raises(ValueError, match="one dtype"):  # outside autocast: still an error
+            eac(x, kernel_bf16, k)
+
     def test_noncontiguous_inputs(self, device, dtype):
         b, c, h, w, k = 2, 4, 11, 23, 5
         x = torch.randn(b, h, w, c, dtype=dtype, device=device).permute(0, 3, 1, 2)  # NHWC view

@@ -61,7 +61,7 @@ def check_eac_inputs(input: torch.Tensor, kernel: torch.Tensor, kernel_size: int
     if input.device != kernel.device:
         raise ValueError(f"eac: expected input and kernel on one device, got {input.device} and "
                          f"{kernel.device}")
-    if input.dtype != kernel.dtype:
+    if input.dtype != kernel.dtype and not _autocast_enabled(input.device.type):
         raise ValueError(f"eac: expected input and kernel of one dtype, got {input.dtype} and "
                          f"{kernel.dtype}")
     if input.dtype not in _DTYPES:
@@ -70,6 +70,13 @@ def check_eac_inputs(input: torch.Tensor, kernel: torch.Tensor, kernel_size: int
     if input.device.type not in ("cpu", "cuda"):
         raise ValueError(f"eac: expected a cpu or cuda device, got {input.device}")
     return groups
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # older torch without the device_type argument, or odd devices
+        return False
 
 
 # ----------------------------------------------------------------------------- public API
@@ -196,5 +203,10 @@ def _grad_kernel_backward(ctx, v):
 
 
 torch.library.register_autograd(_EAC, _eac_backward, setup_context=_eac_setup)
+# Under torch.autocast both operands run in float32 (the op accumulates in float32 anyway), so an
+# autocast bf16 kernel K from the LKPN meets a float32 z_b without a dtype error; gradients flow back
+# to each operand in its own dtype.
+for _device_type in ("cpu", "cuda"):
+    torch.library.register_autocast(_EAC, _device_type, torch.float32)
 torch.library.register_autograd(_GRAD_INPUT, _grad_input_backward, setup_context=_grad_input_setup)
 torch.library.register_autograd(_GRAD_KERNEL, _grad_kernel_backward, setup_context=_grad_kernel_setup)
