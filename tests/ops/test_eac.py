@@ -326,6 +326,22 @@ def test_backend_env_chooses_torch_path(fresh_backends, monkeypatch):
         eac_backend("cpu")
 
 
+def test_stale_build_lock_is_cleared_fresh_one_kept(tmp_path, monkeypatch):
+    # A build killed mid-way leaves torch's lock file behind, and every later process would wait on
+    # it forever; a lock older than STALE_LOCK_S is removed, a recent one (a live build) is not.
+    import os
+    import time
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    for name, age, survives in (("killed", _build.STALE_LOCK_S + 60, False), ("live", 5, True)):
+        lock = tmp_path / name / "lock"
+        lock.parent.mkdir()
+        lock.touch()
+        os.utime(lock, (time.time() - age, time.time() - age))
+        assert _build._build_directory(name) == str(tmp_path / name)
+        assert lock.exists() == survives
+
+
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[5]], ids=_ids)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_torch_fallback_matches_reference(shape, dtype):

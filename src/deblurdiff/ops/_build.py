@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import re
+import sys
 import threading
 import time
 import warnings
@@ -34,6 +35,9 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 CPU_SOURCE = CSRC / "eac_cpu.cpp"
 CUDA_SOURCES = (CSRC / "eac_cuda.cpp", CSRC / "eac_cuda_kernels.cu")  # torch glue, kernels
 BACKEND_ENV = "DEBLURDIFF_EAC_BACKEND"  # "auto" (default) or "torch"
+# torch's build lock of a process killed mid-build (e.g. a test timeout) is never removed and makes
+# every later process wait forever; a lock older than this is taken to be such a leftover.
+STALE_LOCK_S = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,27 @@ def _tag(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
 
 
+def _build_directory(name: str) -> str:
+    """torch's usual place (``$TORCH_EXTENSIONS_DIR`` or ~/.cache/torch_extensions/pyXY), made
+    explicit so a stale build lock in it can be cleared."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        cpp_extension.get_default_build_root(), f"py{sys.version_info.major}{sys.version_info.minor}")
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+        if age > STALE_LOCK_S:
+            logger.warning("EAC: removing a stale build lock %s (%.0f min old, left by a killed build)",
+                           lock, age / 60)
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    return str(path)
+
+
 def _x86_flags() -> list[str]:
     """SIMD flags for this CPU (the build is per machine; the name below keys the cache on them)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -116,6 +141,7 @@ def _build_cpu():
         sources=[str(CPU_SOURCE)],
         extra_cflags=["-O3", "-fopenmp", *arch],  # -fopenmp: at::parallel_for uses torch's OpenMP pool
         extra_ldflags=["-fopenmp"],
+        build_directory=_build_directory(name),
         is_python_module=False,  # the .so registers torch.ops.deblurdiff_cpu.* (no pybind)
         verbose=False,
     )
@@ -140,6 +166,7 @@ def _build_cuda():
         sources=[str(path) for path in CUDA_SOURCES],
         extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3", "-lineinfo"],
+        build_directory=_build_directory(name),
         is_python_module=False,  # registers torch.ops.deblurdiff_cuda.*
         verbose=False,
     )
