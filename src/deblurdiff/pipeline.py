@@ -184,7 +184,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
         self,
         image,
         num_inference_steps: int = 50,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         sampler: str = "ddpm",
         tile_size: int | None = None,
         tile_stride: int | None = None,
@@ -199,7 +199,8 @@ class DeblurDiffPipeline(DiffusionPipeline):
 
         Args:
             num_inference_steps: denoising steps (50 with "ddpm" is the released setting; 20 with "dpmpp").
-            generator: makes the result deterministic (z_b sampling, x_T and DDPM noise all draw from it).
+            generator: makes the result deterministic (z_b sampling, x_T and DDPM noise all draw from it);
+                a list (one per image) makes each image's result depend on its own generator only.
             sampler: one of ``SAMPLERS``: "ddpm" (released) or "dpmpp" (DPM-Solver++).
             tile_size / tile_stride: latent tiling for large images, in image pixels (sd21: 512 / 256 =
                 the released 64 / 32 latent tiles); eps of overlapping tiles is blended with Gaussian weights.
@@ -209,13 +210,20 @@ class DeblurDiffPipeline(DiffusionPipeline):
         # 1. check inputs
         self.check_inputs(num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type)
         images, single_size = _to_tensors(image)
+        if isinstance(generator, (list, tuple)) and len(generator) != len(images):
+            raise ValueError(f"generator: a list needs one generator per image; got {len(generator)} "
+                             f"for {len(images)} images")
 
-        # 2. restore each run of same-sized images as one batch
-        groups = [torch.stack(images)] if single_size else [img[None] for img in images]
+        # 2. restore same-sized inputs as one batch, mixed sizes one by one
+        if single_size:
+            groups = [(torch.stack(images), generator)]
+        else:
+            per_image = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(images)
+            groups = [(img[None], g) for img, g in zip(images, per_image)]
         results = [
-            self._restore(x, num_inference_steps, generator, sampler, tile_size, tile_stride,
+            self._restore(x, num_inference_steps, g, sampler, tile_size, tile_stride,
                           colour_fix, return_intermediates, control_scale)
-            for x in groups
+            for x, g in groups
         ]
 
         # 3. post-process
@@ -347,6 +355,8 @@ def _one_input(item) -> list[torch.Tensor]:
     if isinstance(item, np.ndarray):
         if item.ndim not in (3, 4) or item.shape[-1] != 3:
             raise ValueError(f"image: expected an (H, W, 3) or (B, H, W, 3) array, got shape {item.shape}")
+        if not item.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
+            item = item.copy()
         item = torch.from_numpy(np.ascontiguousarray(item)).movedim(-1, -3)
     if not isinstance(item, torch.Tensor):
         raise ValueError(f"image: expected a PIL image, numpy array or torch tensor, got {type(item).__name__}")

@@ -1,0 +1,71 @@
+"""`deblurdiff deblur` end to end through the real console script, on a saved tiny pipeline."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deblurdiff.commands.deblur import SAMPLER_CHOICES
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from deblurdiff import DeblurDiffPipeline
+
+    path = tmp_path_factory.mktemp("model")
+    DeblurDiffPipeline.from_preset("tiny").save_pretrained(path)
+    return path
+
+
+def photo(h, w):
+    from skimage import data
+
+    return np.ascontiguousarray(data.chelsea()[50:50 + h, 60:60 + w])
+
+
+def test_sampler_choices_match_the_pipeline():
+    from deblurdiff.pipeline import SAMPLERS
+
+    assert SAMPLER_CHOICES == SAMPLERS
+
+
+def test_deblur_folder_and_file_skips_unreadable(cli, model_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo(37, 45)).save(folder / "cat.png")
+    buf = io.BytesIO()
+    Image.fromarray(photo(30, 22)).save(buf, format="JPEG")
+    (folder / "cat_small.jpg").write_bytes(buf.getvalue())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    single = tmp_path / "single.png"
+    Image.fromarray(photo(16, 20)).save(single)
+    out = tmp_path / "out"
+
+    r = cli("deblur", str(folder), str(single), "--model", str(model_dir), "--output", str(out),
+            "--steps", "2", "--sampler", "dpmpp", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cat.png", "cat_small.png", "single.png"]  # no temp files
+    assert Image.open(out / "cat.png").size == (45, 37)
+    assert Image.open(out / "cat_small.png").size == (22, 30)
+    assert "broken.png" in r.stderr and "skipped" in r.stderr
+
+
+def test_bad_model_dir_exits_2_with_one_line(cli, tmp_path):
+    image = tmp_path / "a.png"
+    Image.fromarray(photo(8, 8)).save(image)
+    r = cli("deblur", str(image), "--model", str(tmp_path), "--output", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "--model" in r.stderr and "not a DeblurDiff pipeline directory" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_nothing_readable_exits_2(cli, model_dir, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    r = cli("deblur", str(bad), str(tmp_path / "missing.png"), "--model", str(model_dir),
+            "--output", str(tmp_path / "out"), "--steps", "1")
+    assert r.returncode == 2
+    assert "bad.jpg" in r.stderr and "missing.png" in r.stderr and "no readable input images" in r.stderr
+    assert not any((tmp_path / "out").glob("*.png"))
