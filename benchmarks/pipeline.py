@@ -19,13 +19,11 @@ photos (scikit-image samples), resized and cut into distinct JPEGs. Columns:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +88,7 @@ def run_once(corpus: Path, out: Path, workers: int, crop: int, shard_size: int, 
     with PeakRSS() as mem:
         summary = run_synth([str(corpus)], str(out), recipe=recipe, crop=crop, crops_per_image=1, seed=0,
                             shard_size=shard_size, workers=workers)
-    records = [json.loads(p.read_text()) for p in sorted((out / ".synth").glob("shard-*.json"))]
-    span = max(r["finished_at"] for r in records) - min(r["started_at"] for r in records)
+    span = summary.span_s
     cpu = summary.timings["cpu_s"]  # CPU seconds per stage, summed over actors
     total_cpu = sum(cpu.values()) or 1.0
     return {

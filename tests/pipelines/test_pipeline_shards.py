@@ -44,12 +44,16 @@ def test_manifest_lists_shards_counts_recipe_seed_and_every_skipped_input(runs, 
     assert [s["name"] for s in m["shards"]] == [f"shard-{i:06d}.tar" for i in range(n_shards)]
     assert sorted(p.name for p in out.glob("shard-*")) == [s["name"] for s in m["shards"]]  # no temp files
     assert sum(s["samples"] for s in m["shards"]) == m["totals"]["samples"] == good_samples == summary.samples
+    assert m["status"] == "complete"
     assert m["totals"] == {"sources": n_sources, "samples": good_samples, "shards": n_shards,
-                           "skipped": len(messy_corpus.bad)}
+                           "planned_shards": n_shards, "skipped": len(messy_corpus.bad)}
     reasons = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
     assert set(reasons) == set(messy_corpus.bad)
     for name, words in messy_corpus.bad.items():
         assert words in reasons[name], (name, reasons[name])
+    for item in m["skipped"]:  # which shards lost the input's crops (none for listing-time skips)
+        assert item["shards"] or item["path"].endswith(".txt")
+    assert sorted(p.name for p in out.iterdir()) == sorted([s["name"] for s in m["shards"]] + ["manifest.json"])
     assert summary.skipped == len(messy_corpus.bad) and summary.shards_written == n_shards
     assert "pairs/s" in summary.line() and f"{good_samples} samples" in summary.line()
 
@@ -111,7 +115,16 @@ def test_resume_rebuilds_only_missing_shards(runs, messy_corpus, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(original, out)
     (out / "shard-000002.tar").unlink()
-    (out / ".synth" / "shard-000004.json").unlink()  # tar present but unrecorded: not known complete
+    # As if the run died after shard 5 was renamed but before the manifest listed it: the shard is
+    # complete (final name); its count and its skipped inputs (text_named.png, tiny.png) are
+    # recovered from the shard itself.
+    m = _manifest(out)
+    m["status"] = "running"
+    m["shards"] = [s for s in m["shards"] if s["name"] != "shard-000005.tar"]
+    for item in m["skipped"]:
+        item["shards"] = [s for s in item["shards"] if s != "shard-000005.tar"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "shard-000001.tar.tmp-0123").write_bytes(b"partial")  # a crash leftover
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
 
     with pytest.raises(UsageError, match="--resume"):
@@ -120,16 +133,16 @@ def test_resume_rebuilds_only_missing_shards(runs, messy_corpus, tmp_path):
         run_synth([str(messy_corpus.root)], str(out), workers=1, resume=True, **{**SETTINGS, "seed": 12})
 
     summary = run_synth([str(messy_corpus.root)], str(out), workers=2, resume=True, **SETTINGS)
-    assert summary.shards_written == 2
+    assert summary.shards_written == 1
     for name, before in mtimes.items():
-        if name != "shard-000004.tar":
-            assert (out / name).stat().st_mtime_ns == before, f"{name} was touched"
+        assert (out / name).stat().st_mtime_ns == before, f"{name} was touched"
+    assert not list(out.glob("*.tmp-*"))
     for p in original.glob("shard-*.tar"):
         assert (out / p.name).read_bytes() == p.read_bytes()
     resumed, first = _manifest(out), _manifest(original)
     assert [(s["name"], s["samples"]) for s in resumed["shards"]] == [(s["name"], s["samples"]) for s in first["shards"]]
     assert resumed["skipped"] == first["skipped"] and resumed["totals"] == first["totals"]
-    assert resumed["last_run"]["shards_written"] == 2
+    assert resumed["last_run"]["shards_written"] == 1 and resumed["status"] == "complete"
 
 
 def test_any_fsspec_filesystem_for_inputs_and_output(ray_cluster, messy_corpus, tmp_path):

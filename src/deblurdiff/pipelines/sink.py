@@ -1,15 +1,14 @@
-"""The shard sink: WebDataset tars written whole or not at all, per-shard records, manifest.json.
+"""The shard sink: WebDataset tars written whole or not at all, and manifest.json.
 
-Layout of an output directory (DESIGN §3)::
+An output directory holds only (DESIGN §3)::
 
-    OUTPUT/shard-000000.tar ...   samples, members {key}.sharp.png/.blur.png/.kernel.npy/.meta.json
-    OUTPUT/manifest.json          the run: shards + counts, recipe, seed, totals, skipped inputs
-    OUTPUT/.synth/run.json        settings the run was started with (checked by --resume)
-    OUTPUT/.synth/shard-*.json    one record per finished shard (count, skipped inputs, node)
+    OUTPUT/shard-000000.tar ...   samples: {key}.blur.png / .kernel.npy / .meta.json / .sharp.png
+    OUTPUT/manifest.json          the run: settings, shards + counts, totals, skipped inputs
 
-A shard is written to ``shard-XXXXXX.tar.tmp-<id>`` and renamed when whole; its record is written
-*before* the rename, so "the tar exists" implies "its record exists" and a crash at any point leaves
-only complete shards under final names. ``--resume`` rebuilds the shards missing either file.
+A shard is written to ``shard-XXXXXX.tar.tmp-<id>`` and renamed when whole, so a file under a final
+name is always a complete shard: ``--resume`` keeps every final-named shard and builds the rest.
+The manifest is rewritten (atomically) while the run goes, with ``"status": "running"`` until the
+end; what it may lack after a crash is recovered from the shards themselves (``shard_keys``).
 Tar headers carry fixed owner/mtime so equal samples give byte-identical shards.
 """
 
@@ -18,21 +17,15 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import re
 import tarfile
 import uuid
 
-__all__ = ["ShardWriter", "OutputDir", "STATE_DIR", "MANIFEST"]
+__all__ = ["ShardWriter", "OutputDir", "MANIFEST"]
 
-STATE_DIR = ".synth"
 MANIFEST = "manifest.json"
+SHARD_RE = re.compile(r"^shard-\d{6}\.tar$")
 _TMP_MARK = ".tmp-"
-
-
-def _write_atomic(fs, path: str, data: bytes) -> None:
-    tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
 
 
 class ShardWriter:
@@ -78,81 +71,68 @@ class OutputDir:
     def __init__(self, fs, path: str, uri: str):
         self.fs, self.path, self.uri = fs, path.rstrip("/") or "/", uri
 
-    def join(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts)
+    def join(self, name: str) -> str:
+        return posixpath.join(self.path, name)
 
-    def _info(self, path: str):
-        return self.fs.get_file_info(path)
-
-    def exists(self) -> bool:
-        import pyarrow.fs as pafs
-
-        return self._info(self.path).type != pafs.FileType.NotFound
+    def _type(self, path: str):
+        return self.fs.get_file_info(path).type
 
     def check_is_dir(self) -> None:
         import pyarrow.fs as pafs
 
         from deblurdiff.errors import UsageError
 
-        if self._info(self.path).type == pafs.FileType.File:
+        if self._type(self.path) == pafs.FileType.File:
             raise UsageError(f"--output {self.uri}: is a file, expected a directory")
+
+    def listdir(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        if self._type(self.path) != pafs.FileType.Directory:
+            return []
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(self.path)))
+
+    def shards(self) -> list[str]:
+        """Final-named shards present (each complete, by construction)."""
+        return [n for n in self.listdir() if SHARD_RE.match(n)]
 
     def has_run(self) -> bool:
         """Does it already hold (part of) a synth run?"""
-        import pyarrow.fs as pafs
-
-        if not self.exists():
-            return False
-        if self._info(self.join(MANIFEST)).type != pafs.FileType.NotFound:
-            return True
-        if self._info(self.join(STATE_DIR)).type != pafs.FileType.NotFound:
-            return True
-        return any(name.startswith("shard-") for name in self.listdir())
-
-    def listdir(self, sub: str = "") -> list[str]:
-        import pyarrow.fs as pafs
-
-        base = self.join(sub) if sub else self.path
-        if self._info(base).type != pafs.FileType.Directory:
-            return []
-        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(base)))
+        return any(n == MANIFEST or SHARD_RE.match(n) for n in self.listdir())
 
     def prepare(self) -> None:
-        self.fs.create_dir(self.join(STATE_DIR), recursive=True)
-        # Leftovers of an interrupted run are never final files; remove them.
-        for sub in ("", STATE_DIR):
-            for name in self.listdir(sub):
-                if _TMP_MARK in name:
-                    self.fs.delete_file(self.join(sub, name) if sub else self.join(name))
+        self.fs.create_dir(self.path, recursive=True)
+        for name in self.listdir():  # leftovers of an interrupted run are never final files
+            if _TMP_MARK in name:
+                self.fs.delete_file(self.join(name))
 
-    # -------------------------------------------------------------- run settings and records
-    def read_json(self, *parts: str) -> dict | None:
+    def read_manifest(self) -> dict | None:
         import pyarrow.fs as pafs
 
-        path = self.join(*parts)
-        if self._info(path).type != pafs.FileType.File:
+        if self._type(self.join(MANIFEST)) != pafs.FileType.File:
             return None
-        with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+        with self.fs.open_input_stream(self.join(MANIFEST)) as f:
+            try:
+                return json.loads(f.read().decode())
+            except ValueError:
+                return None  # torn by hand or by another tool: recover from the shards
 
-    def write_json(self, data: dict, *parts: str) -> None:
-        _write_atomic(self.fs, self.join(*parts), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-    def record_name(self, shard: str) -> str:
-        return shard.removesuffix(".tar") + ".json"
-
-    def complete_shards(self) -> dict[str, dict]:
-        """Finished shards: ``{shard name: record}`` for each shard whose tar and record both exist."""
-        tars = {n for n in self.listdir() if n.startswith("shard-") and n.endswith(".tar")}
-        out = {}
-        for name in sorted(tars):
-            record = self.read_json(STATE_DIR, self.record_name(name))
-            if record is not None:
-                out[name] = record
-        return out
+    def write_manifest(self, manifest: dict) -> None:
+        path = self.join(MANIFEST)
+        tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write((json.dumps(manifest, indent=2) + "\n").encode())
+        self.fs.move(tmp, path)
 
     def shard_writer(self, shard: str) -> ShardWriter:
         return ShardWriter(self.fs, self.join(shard))
 
-    def write_record(self, shard: str, record: dict) -> None:
-        self.write_json(record, STATE_DIR, self.record_name(shard))
+    def shard_keys(self, shard: str) -> list[str]:
+        """The sample keys in a shard, from its tar headers (no member data is read)."""
+        keys: list[str] = []
+        with self.fs.open_input_file(self.join(shard)) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            for info in tar:
+                key = info.name.split(".", 1)[0]
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+        return keys

@@ -115,12 +115,11 @@ def resolve_filesystem(uri: str, filesystem=None):
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def _join_uri(base_uri: str, base_path: str, path: str) -> str:
-    """The URI of ``path`` (a filesystem path below ``base_path``) in the form of ``base_uri``."""
+def _as_uri(base_uri: str, path: str) -> str:
+    """How reports name ``path`` (found below the input ``base_uri``): a URI if the input was one."""
     if not _has_scheme(base_uri):
         return path
-    scheme = base_uri.split("://", 1)[0]
-    return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"
+    return f"{base_uri.split('://', 1)[0]}://{path}"  # s3://bucket/key, file:///abs/path
 
 
 # ----------------------------------------------------------------------------- listing
@@ -246,7 +245,7 @@ def list_sources(inputs: list[str], filesystem=None, *, _depth: int = 0) -> Corp
                 if child.type != pafs.FileType.File:
                     continue
                 rel = posixpath.relpath(child.path, path)
-                _add_file(fs, index, child.path, _join_uri(uri, path, child.path), f"{root_name}/{rel}",
+                _add_file(fs, index, child.path, _as_uri(uri, child.path), f"{root_name}/{rel}",
                           False, sources, skipped)
         elif _ext(path) in LIST_EXTENSIONS:
             if _depth > 2:

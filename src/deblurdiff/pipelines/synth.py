@@ -10,8 +10,9 @@ The recipe, in order:
    (read -> decode -> crop -> synthesize -> encode -> tar), so memory is one mini-batch per actor,
    whatever the corpus size. Shards are written by the workers (shared storage, as for any Ray
    Data write) under a temporary name and renamed when whole;
-5. collect the small per-shard records as they stream back, write ``manifest.json``, and return
-   a :class:`SynthSummary` (its ``line()`` is the CLI's summary line).
+5. collect the small per-shard records as they stream back into ``manifest.json`` (rewritten as
+   the run goes, ``"status": "running"`` until the end) and return a :class:`SynthSummary` (its
+   ``line()`` is the CLI's summary line).
 
 Why whole shards per work item: shard membership must not depend on worker count or timing
 (determinism, exact resume), and a shard must be written by one process. This is the
@@ -33,8 +34,8 @@ from deblurdiff.errors import UsageError
 from deblurdiff.imageio import ImageDecodeError
 from deblurdiff.pipelines._pool import ActorPool, size_pool
 from deblurdiff.pipelines.plan import ShardPlan, plan_digest, plan_shards, sample_key, sample_seed
-from deblurdiff.pipelines.sink import MANIFEST, STATE_DIR, OutputDir
-from deblurdiff.pipelines.sources import Corpus, Skipped, list_sources, read_source, resolve_filesystem
+from deblurdiff.pipelines.sink import MANIFEST, OutputDir
+from deblurdiff.pipelines.sources import Corpus, list_sources, read_source, resolve_filesystem
 from deblurdiff.pipelines.stages import decode_crops, encode_sample, synthesize_crops
 
 __all__ = ["run_synth", "plan_synth", "SynthJob", "SynthSummary", "ShardBuilder"]
@@ -86,12 +87,10 @@ class ShardBuilder:
                     if len(pending) >= self.batch_size:
                         self._flush(pending, writer, timings)
             self._flush(pending, writer, timings)
+            writer.commit()  # renamed: complete under its final name, or not there at all
             record = {"name": plan.name, "samples": writer.samples, "skipped": skipped,
                       "node": ray.get_runtime_context().get_node_id(), **timings.to_dict(),
                       "started_at": started_at, "finished_at": time.time()}
-            # The record goes first: a shard under its final name always has one (sink.py).
-            self.output.write_record(plan.name, record)
-            writer.commit()
         except BaseException:
             writer.abort()
             raise
@@ -154,7 +153,8 @@ class SynthSummary:
     skipped: int
     elapsed_s: float
     samples_written: int
-    nodes: list[str] = field(default_factory=list)
+    span_s: float = 0.0  # first shard started -> last shard finished (the build, without start-up)
+    nodes: list[str] = field(default_factory=list)  # Ray node ids that built this run's shards
     timings: dict = field(default_factory=dict)  # {"wall_s"|"cpu_s": {stage: seconds summed over actors}}
 
     @property
@@ -167,22 +167,20 @@ class SynthSummary:
                 f"{self.skipped} skipped inputs, {self.pairs_per_s:.2f} pairs/s -> {self.output}")
 
 
-def _settings(recipe, crop, crops_per_image, seed, shard_size, digest, n_sources) -> dict:
-    return {"recipe": {"name": recipe.name, "hash": recipe.hash}, "crop": crop, "crops_per_image": crops_per_image,
-            "seed": seed, "shard_size": shard_size, "plan_digest": digest, "sources": n_sources}
+_SETTINGS = {"recipe": "--recipe", "crop": "--crop", "crops_per_image": "--crops-per-image", "seed": "--seed",
+             "shard_size": "--shard-size"}
 
 
 def _check_resume(previous: dict, current: dict, output: str) -> None:
     """A resumed run must plan the same shards: same settings, same inputs."""
-    flags = {"recipe": "--recipe", "crop": "--crop", "crops_per_image": "--crops-per-image", "seed": "--seed",
-             "shard_size": "--shard-size"}
-    for key, flag in flags.items():
+    for key, flag in _SETTINGS.items():
         if previous.get(key) != current[key]:
             raise UsageError(f"--resume: {output} was started with {flag} {_show(previous.get(key))}, "
                              f"now {_show(current[key])}; use the same settings or a new --output")
     if previous.get("plan_digest") != current["plan_digest"]:
         raise UsageError(f"--resume: the --input sources changed since {output} was started "
-                         f"({previous.get('sources')} then, {current['sources']} now); use a new --output")
+                         f"({previous.get('totals', {}).get('sources')} then, {current['sources']} now); "
+                         f"use a new --output")
 
 
 def _show(value) -> str:
@@ -209,7 +207,7 @@ class SynthJob:
     batch_size: int
     corpus: Corpus
     plans: list[ShardPlan]
-    settings: dict
+    settings: dict  # recipe, crop, crops_per_image, seed, shard_size, plan_digest, sources
     done: dict[str, dict]  # shards already complete (resume): name -> record
 
     @property
@@ -221,20 +219,24 @@ class SynthJob:
         started = time.perf_counter()
         out, todo = self.output, self.todo
         out.prepare()
-        out.write_json(self.settings, STATE_DIR, "run.json")
-        records = dict(self.done)
+        manifest = _Manifest(self, written={p.name for p in todo})
+        out.write_manifest(manifest.to_dict(status="running"))  # the settings, before any shard
         if todo:
             pool = size_pool(workers, len(todo), use_gpu=use_gpu)
             if len(todo) < (workers or pool.size):
                 logger.warning("only %d shards to build for %d workers: lower --shard-size for more parallelism",
                                len(todo), workers or pool.size)
+            last_write = time.monotonic()
             for record in _build_shards(todo, pool, recipe=self.recipe, crop=self.crop,
                                         crops_per_image=self.crops_per_image, seed=self.seed, output=out,
                                         filesystems=self.corpus.filesystems, batch_size=self.batch_size):
-                records[record["name"]] = record
+                manifest.add(record)
                 logger.info("%s: %d samples, %d skipped", record["name"], record["samples"], len(record["skipped"]))
-        summary = _write_manifest(out, self.plans, records, self.corpus.skipped, self.settings, self.inputs,
-                                  written={p.name for p in todo}, elapsed=time.perf_counter() - started)
+                if time.monotonic() - last_write > 5.0:  # keep the manifest current, cheaply
+                    out.write_manifest(manifest.to_dict(status="running"))
+                    last_write = time.monotonic()
+        summary = manifest.summary(elapsed=time.perf_counter() - started)
+        out.write_manifest(manifest.to_dict(status="complete", summary=summary))
         if summary.samples == 0:
             raise UsageError(f"--input: none of the {len(self.corpus.sources)} images gave a sample "
                              f"(all skipped; reasons in {out.join(MANIFEST)})")
@@ -270,20 +272,24 @@ def plan_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int 
             if corpus.skipped else ""
         raise UsageError(f"--input {' '.join(inputs)}: no image files found{why}")
     plans = plan_shards(corpus, crops_per_image, shard_size)
-    settings = _settings(recipe, crop, crops_per_image, seed, shard_size, plan_digest(corpus), len(corpus.sources))
+    settings = {"recipe": {"name": recipe.name, "hash": recipe.hash}, "crop": crop, "crops_per_image": crops_per_image,
+                "seed": seed, "shard_size": shard_size, "plan_digest": plan_digest(corpus),
+                "sources": len(corpus.sources)}
 
     # 3. a fresh output, or the shards a previous run did not finish
-    done: dict[str, dict] = {}
+    job = SynthJob(inputs, out, recipe, crop, crops_per_image, seed, batch_size, corpus, plans, settings, {})
     if out.has_run():
         if not resume:
             raise UsageError(f"--output {output}: already holds a synth run (shards or {MANIFEST}); "
                              f"pass --resume to finish it, or choose an empty directory")
-        previous = out.read_json(STATE_DIR, "run.json")
+        previous = out.read_manifest()
         if previous is not None:
             _check_resume(previous, settings, str(output))
-        complete = out.complete_shards()
-        done = {p.name: complete[p.name] for p in plans if p.name in complete}
-    return SynthJob(inputs, out, recipe, crop, crops_per_image, seed, batch_size, corpus, plans, settings, done)
+        else:
+            logger.warning("--resume: %s has shards but no readable %s; keeping the shards as they are",
+                           output, MANIFEST)
+        job.done = _kept_records(job, previous or {})
+    return job
 
 
 def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int = 512, crops_per_image: int = 1,
@@ -304,6 +310,47 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
     return job.run(workers=workers, use_gpu=use_gpu)
 
 
+# ----------------------------------------------------------------------------- resume
+def _kept_records(job: SynthJob, previous: dict) -> dict[str, dict]:
+    """Records of the planned shards already in OUTPUT (final names are complete by construction):
+    from the previous manifest, or, for shards it missed (a crash between rename and manifest
+    update), from the shard's own keys."""
+    present = set(job.output.shards())
+    known = {s["name"]: s for s in previous.get("shards", [])}
+    skipped_in: dict[str, list[dict]] = {}
+    for item in previous.get("skipped", []):
+        for shard in item.get("shards", []):
+            skipped_in.setdefault(shard, []).append({"path": item["path"], "reason": item["reason"]})
+    records = {}
+    for plan in job.plans:
+        if plan.name not in present:
+            continue
+        if plan.name in known:
+            records[plan.name] = {"name": plan.name, "samples": known[plan.name]["samples"],
+                                  "node": known[plan.name].get("node"), "skipped": skipped_in.get(plan.name, [])}
+        else:
+            records[plan.name] = _recover_record(job, plan)
+    return records
+
+
+def _recover_record(job: SynthJob, plan: ShardPlan) -> dict:
+    """Count a shard's samples from its headers; sources with no sample there were skipped: decode
+    them again (a few, on the driver) to recover the reason."""
+    keys = job.output.shard_keys(plan.name)
+    indices = {int(k.split("_", 1)[0]) for k in keys}
+    skipped = []
+    for source, sample_indices in plan.by_source(job.crops_per_image):
+        if indices.isdisjoint(sample_indices):
+            try:
+                decode_crops(read_source(source, job.corpus.filesystems), source.key, [0], job.crop, job.seed)
+                reason = "gave no sample in the interrupted run"
+            except ImageDecodeError as exc:
+                reason = str(exc)
+            skipped.append({"path": source.uri, "reason": reason})
+    return {"name": plan.name, "samples": len(keys), "node": None, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------- building and reporting
 def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
     """Yield each shard's record as its actor finishes it (Ray Data shows the progress bars)."""
     import ray.data
@@ -324,41 +371,64 @@ def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
         yield json.loads(row["record"])
 
 
-def _write_manifest(out: OutputDir, plans: list[ShardPlan], records: dict[str, dict], listing_skipped: list[Skipped],
-                    settings: dict, inputs: list[str], written: set[str], elapsed: float) -> SynthSummary:
-    skipped: dict[str, str] = {s.path: s.reason for s in listing_skipped}
-    shards = []
-    timings = {kind: dict.fromkeys(_Timings.STAGES, 0.0) for kind in ("wall_s", "cpu_s")}  # summed over actors
-    for plan in plans:
-        record = records[plan.name]
-        shards.append({"name": plan.name, "samples": record["samples"], "node": record.get("node")})
-        for item in record["skipped"]:
-            skipped.setdefault(item["path"], item["reason"])  # a source may straddle two shards
-        if plan.name in written:
+class _Manifest:
+    """manifest.json of a run, built up as shard records arrive."""
+
+    def __init__(self, job: SynthJob, written: set[str]):
+        self.job, self.written = job, written
+        self.records: dict[str, dict] = dict(job.done)
+
+    def add(self, record: dict) -> None:
+        self.records[record["name"]] = record
+
+    def _skipped(self) -> dict[str, dict]:
+        skipped = {s.path: {"path": s.path, "reason": s.reason, "shards": []} for s in self.job.corpus.skipped}
+        for name in sorted(self.records):
+            for item in self.records[name]["skipped"]:  # a source may straddle two shards
+                entry = skipped.setdefault(item["path"], {"path": item["path"], "reason": item["reason"], "shards": []})
+                entry["shards"].append(name)
+        return skipped
+
+    def summary(self, elapsed: float) -> SynthSummary:
+        new = [self.records[n] for n in sorted(self.written) if n in self.records]
+        timings = {kind: dict.fromkeys(_Timings.STAGES, 0.0) for kind in ("wall_s", "cpu_s")}
+        for record in new:
             for kind, stages in timings.items():
                 for stage in stages:
                     stages[stage] += record[kind][stage]
-    samples = sum(s["samples"] for s in shards)
-    samples_written = sum(records[n]["samples"] for n in written)
-    summary = SynthSummary(output=out.uri, samples=samples, shards=len(shards), shards_written=len(written),
-                           skipped=len(skipped), elapsed_s=elapsed, samples_written=samples_written,
-                           nodes=sorted({records[n]["node"] for n in written if records[n].get("node")}),
-                           timings=timings)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "recipe": settings["recipe"],
-        "seed": settings["seed"],
-        "crop": settings["crop"],
-        "crops_per_image": settings["crops_per_image"],
-        "shard_size": settings["shard_size"],
-        "inputs": inputs,
-        "shards": shards,
-        "totals": {"sources": settings["sources"], "samples": samples, "shards": len(shards), "skipped": len(skipped)},
-        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
-        "last_run": {"shards_written": len(written), "samples_written": samples_written,
-                     "elapsed_s": round(elapsed, 3), "pairs_per_s": round(summary.pairs_per_s, 3),
-                     "nodes": summary.nodes,
-                     "stage_seconds": {kind: {k: round(v, 3) for k, v in stages.items()} for kind, stages in timings.items()}},
-    }
-    out.write_json(manifest, MANIFEST)
-    return summary
+        return SynthSummary(output=self.job.output.uri, samples=sum(r["samples"] for r in self.records.values()),
+                            shards=len(self.records), shards_written=len(new), skipped=len(self._skipped()),
+                            elapsed_s=elapsed, samples_written=sum(r["samples"] for r in new),
+                            span_s=(max(r["finished_at"] for r in new) - min(r["started_at"] for r in new)) if new else 0.0,
+                            nodes=sorted({r["node"] for r in new if r.get("node")}), timings=timings)
+
+    def to_dict(self, status: str, summary: SynthSummary | None = None) -> dict:
+        settings = self.job.settings
+        shards = [{"name": p.name, "samples": self.records[p.name]["samples"], "node": self.records[p.name].get("node")}
+                  for p in self.job.plans if p.name in self.records]
+        skipped = self._skipped()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "status": status,  # "running" until every planned shard is written
+            "recipe": settings["recipe"],
+            "seed": settings["seed"],
+            "crop": settings["crop"],
+            "crops_per_image": settings["crops_per_image"],
+            "shard_size": settings["shard_size"],
+            "plan_digest": settings["plan_digest"],
+            "inputs": self.job.inputs,
+            "shards": shards,
+            "totals": {"sources": settings["sources"], "samples": sum(s["samples"] for s in shards),
+                       "shards": len(shards), "planned_shards": len(self.job.plans), "skipped": len(skipped)},
+            "skipped": [skipped[p] for p in sorted(skipped)],
+        }
+        if summary is not None:
+            manifest["last_run"] = {
+                "shards_written": summary.shards_written, "samples_written": summary.samples_written,
+                "elapsed_s": round(summary.elapsed_s, 3), "build_span_s": round(summary.span_s, 3),
+                "pairs_per_s": round(summary.pairs_per_s, 3),
+                "nodes": summary.nodes,
+                "stage_seconds": {kind: {k: round(v, 3) for k, v in stages.items()}
+                                  for kind, stages in summary.timings.items()},
+            }
+        return manifest
