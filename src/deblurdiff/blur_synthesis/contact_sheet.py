@@ -1,6 +1,9 @@
 """Contact sheet: one row per sample — sharp | blurry | PSF(s) — to look at what a recipe makes.
 
     python -m deblurdiff.blur_synthesis.contact_sheet --recipe realistic --rows 6 --size 256 \\
+        --output blur_contact_sheet.png
+    # the README's picture (docs/images/blur_contact_sheet.png):
+    python -m deblurdiff.blur_synthesis.contact_sheet --seeds 18 1 8 3 5 23 --size 224 --palette \\
         --output docs/images/blur_contact_sheet.png
 
 Sharp images are crops of scikit-image's bundled photos (or ``--input`` files). Each PSF is shown
@@ -23,11 +26,12 @@ from PIL import Image, ImageDraw
 from deblurdiff.blur_synthesis.kernels import kernels_to_array
 from deblurdiff.blur_synthesis.synthesize import synthesize
 
-_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "immunohistochemistry", "hubble_deep_field", "cat")
+_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
-def _photos(size: int, count: int, inputs: list[str]) -> torch.Tensor:
-    """(count, 3, size, size) centre crops (resized so the short side is ``size``)."""
+def _photos(size: int, picks: list[int], inputs: list[str]) -> torch.Tensor:
+    """(len(picks), 3, size, size) centre crops (resized so the short side is ``size``) of the
+    photos ``picks[i] % n_photos``."""
     if inputs:
         from deblurdiff.imageio import read_rgb
 
@@ -38,7 +42,7 @@ def _photos(size: int, count: int, inputs: list[str]) -> torch.Tensor:
         arrays = [getattr(data, name)() for name in _PHOTOS if hasattr(data, name)]
         arrays = [a if a.ndim == 3 else np.stack([a] * 3, -1) for a in arrays]
     crops = []
-    for i in range(count):
+    for i in picks:
         im = Image.fromarray(np.ascontiguousarray(arrays[i % len(arrays)][..., :3]))
         scale = size / min(im.size)
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
@@ -70,9 +74,11 @@ def _kernel_tile(kernels: np.ndarray, size: int) -> np.ndarray:
     return tile
 
 
-def make_sheet(recipe: str, rows: int, size: int, seed: int, inputs: list[str] | None = None) -> Image.Image:
-    sharp = _photos(size, rows, inputs or [])
-    out = synthesize(sharp, recipe, seeds=[seed + i for i in range(rows)])
+def make_sheet(recipe: str, seeds: list[int], size: int, inputs: list[str] | None = None) -> Image.Image:
+    """One row per seed; row i shows photo ``seeds[i] % n_photos`` (a seed always gets the same photo)."""
+    rows = len(seeds)
+    sharp = _photos(size, seeds, inputs or [])
+    out = synthesize(sharp, recipe, seeds=seeds)
     pad, text_h = 4, 14
     sheet = Image.new("RGB", (3 * size + 4 * pad, rows * (size + text_h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -92,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=6)
     ap.add_argument("--size", type=int, default=256, help="crop side in px")
     ap.add_argument("--seed", type=int, default=0, help="row i uses seed + i")
+    ap.add_argument("--seeds", type=int, nargs="+", help="explicit seeds, one row each (overrides --seed/--rows)")
     ap.add_argument("--input", nargs="*", default=[], help="image files (default: scikit-image photos)")
     ap.add_argument("--output", default="blur_contact_sheet.png")
+    ap.add_argument("--palette", action="store_true", help="256-colour PNG (a few times smaller, for docs)")
     args = ap.parse_args(argv)
     from deblurdiff.errors import UsageError
 
     try:
-        sheet = make_sheet(args.recipe, args.rows, args.size, args.seed, args.input)
+        sheet = make_sheet(args.recipe, args.seeds or [args.seed + i for i in range(args.rows)], args.size, args.input)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)  # write then rename: no partial file
     os.close(fd)
+    if args.palette:
+        sheet = sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
     sheet.save(tmp, optimize=True)
     os.replace(tmp, out)
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
