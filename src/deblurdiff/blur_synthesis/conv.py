@@ -62,17 +62,25 @@ def fft_blur(x: torch.Tensor, psfs: torch.Tensor, masks: torch.Tensor | None = N
     parts = x[:, None] if masks is None else masks.to(x.dtype)[:, :, None] * x[:, None]  # (B, n, C, H, W)
     mode = "replicate" if border == "reflect" and (p >= h or p >= w) else border
     parts = parts.reshape(b * n, c, h, w)
-    xp = F.pad(parts, (p, p, p, p), mode=mode) if p else parts  # (B n, C, H + K - 1, W + K - 1)
-    # Linear convolution of the padded image by circular convolution of length >= H + K - 1: the
-    # outputs we keep, [K-1, K-1+H), never wrap around. Zero-filling to a smooth length only adds
-    # outputs we drop.
+    # Linear convolution by circular convolution of length N >= H + K - 1 (a fast FFT length): the
+    # outputs we keep, [K-1, K-1+H), read inputs [0, H+K-1) only and never wrap around. So the image
+    # is padded by K//2 on the top/left and by N - H - K//2 (>= K//2) on the bottom/right, straight to
+    # the FFT size: the slack beyond K//2 only feeds outputs we drop, and padding once avoids the copy
+    # a zero-filled rfft2(s=...) makes.
     nh, nw = smooth_size(h + k - 1), smooth_size(w + k - 1)
-    spec_x = torch.fft.rfft2(xp, s=(nh, nw)).view(b, n, c, nh, nw // 2 + 1)
-    # the PSF has K non-zero rows of nh: transform those rows first, then the columns (half the work
-    # of a full rfft2 of the zero-filled kernel)
-    spec_k = torch.fft.fft(torch.fft.rfft(psfs.to(x.dtype), n=nw, dim=-1), n=nh, dim=-2)  # (B, n, nh, nw//2+1)
+    bottom, right = nh - h - p, nw - w - p
+    if mode in ("reflect", "circular") and (bottom >= h or right >= w):  # too far for a single pad
+        xp = F.pad(F.pad(parts, (p, p, p, p), mode=mode), (0, right - p, 0, bottom - p))
+    else:
+        xp = F.pad(parts, (p, right, p, bottom), mode=mode)  # (B n, C, nh, nw)
+    spec_x = torch.fft.rfft2(xp).view(b, n, c, nh, nw // 2 + 1)
+    # The PSF has K non-zero rows of nh: transform those rows first, then the columns (half the work
+    # of a full rfft2 of the zero-filled kernel). Dividing the PSF by nh * nw lets the inverse skip
+    # its normalisation pass (norm="forward"), a measured ~30% of irfft2's time on CPU.
+    psfs = psfs.to(x.dtype) / (nh * nw)
+    spec_k = torch.fft.fft(torch.fft.rfft(psfs, n=nw, dim=-1), n=nh, dim=-2)  # (B, n, nh, nw//2+1)
     spec = (spec_x * spec_k[:, :, None]).sum(1) if n > 1 else spec_x[:, 0] * spec_k  # (B, C, nh, nw//2+1)
-    y = torch.fft.irfft2(spec, s=(nh, nw))  # (B, C, nh, nw)
+    y = torch.fft.irfft2(spec, s=(nh, nw), norm="forward")  # (B, C, nh, nw)
     return y[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w]
 
 

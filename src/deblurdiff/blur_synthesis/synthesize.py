@@ -116,9 +116,8 @@ def build_masks(params: dict, height: int, width: int, device: torch.device | st
     spec = params["blur"]["masks"]
     if spec is None:
         return None
-    centres = torch.tensor(spec["centres"], dtype=torch.float64)[None]
-    masks = region_masks(centres, torch.tensor([spec["softness"]]), height, width)
-    return masks.to(device)
+    centres = torch.tensor(spec["centres"], dtype=torch.float32, device=device)[None]  # (1, n, 2)
+    return region_masks(centres, torch.tensor([spec["softness"]], device=device), height, width)
 
 
 def noise_field(params: dict, height: int, width: int) -> torch.Tensor | None:
