@@ -368,8 +368,10 @@ class TestEACCuda:
         grad_out = torch.randn(x.shape, dtype=torch.float64).to(dtype)
         results = {}
         for dev in ("cpu", "cuda"):
-            xd = x.to(dev).requires_grad_()
-            kd = kernel.to(dev).requires_grad_()
+            # detach: x.to("cpu") is x itself, and a leaf that requires grad would make the
+            # CUDA copy a non-leaf without .grad
+            xd = x.detach().to(dev).requires_grad_()
+            kd = kernel.detach().to(dev).requires_grad_()
             out = eac(xd, kd, k)
             out.backward(grad_out.to(dev))
             results[dev] = [t.detach().cpu().double() for t in (out, xd.grad, kd.grad)]
