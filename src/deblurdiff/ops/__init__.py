@@ -8,6 +8,6 @@
   formulation (tests' ground truth, benchmark baseline).
 """
 
-from deblurdiff.ops.eac import check_eac_inputs, eac, eac_backend
+from deblurdiff.ops.eac_op import check_eac_inputs, eac, eac_backend
 
 __all__ = ["eac", "eac_backend", "check_eac_inputs"]

@@ -15,7 +15,7 @@
 // float (at::opmath_type); float32 and float64 read the tensors in place.
 //
 // Registered as private ops torch.ops.deblurdiff_cpu.{eac_forward, eac_grad_input, eac_grad_kernel};
-// the public op deblurdiff::eac (schema, autograd, fake) lives in deblurdiff/ops/eac.py.
+// the public op deblurdiff::eac (schema, autograd, fake) lives in deblurdiff/ops/eac_op.py.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

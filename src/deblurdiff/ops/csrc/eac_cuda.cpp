@@ -1,7 +1,7 @@
 // Torch glue for the EAC CUDA kernels (eac_cuda_kernels.cu): argument checks, device guard, the
 // current stream, output allocation, and the private ops torch.ops.deblurdiff_cuda.{eac_forward,
 // eac_grad_input, eac_grad_kernel}. The public op deblurdiff::eac (schema, autograd, fake) lives in
-// deblurdiff/ops/eac.py.
+// deblurdiff/ops/eac_op.py.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
