@@ -89,7 +89,8 @@ class ShardBuilder:
             self._flush(pending, writer, timings)
             writer.commit()  # renamed: complete under its final name, or not there at all
             record = {"name": plan.name, "samples": writer.samples, "skipped": skipped,
-                      "node": ray.get_runtime_context().get_node_id(), **timings.to_dict(),
+                      "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+                      **timings.to_dict(),
                       "started_at": started_at, "finished_at": time.time()}
         except BaseException:
             writer.abort()
