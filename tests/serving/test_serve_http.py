@@ -86,6 +86,7 @@ def test_health_info_and_page(server):
     assert (info["preset"], info["device"], info["version"]) == ("tiny", "cpu", __version__)
     assert info["eac_backend"] == eac_backend("cpu")
     assert "ddpm" in info["samplers"] and info["limits"]["default_steps"] == STEPS
+    assert info["kernel_size"] == 5
     page = requests.get(server.url, timeout=TIMEOUT)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="file"' in page.text and "http://" not in page.text and "https://" not in page.text  # no CDN
@@ -123,6 +124,17 @@ def test_tiled_inference_keeps_the_size(server):
     assert r.status_code == 200, r.text
     assert r.headers["X-Deblur-Tile"] == "64"
     assert decode(r.content).shape == rgb.shape
+
+
+def test_kernel_map_has_the_input_size_and_reports_the_spread(server):
+    rgb = photo("coffee", 45, 33)
+    r = requests.post(f"{server.url}v1/kernel-map?steps={STEPS}&seed=5", data=encode(rgb), timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    assert decode(r.content).shape == rgb.shape
+    mean, top, scale = (float(r.headers[f"X-Deblur-Kernel-Spread-{k}"]) for k in ("Mean", "Max", "Scale"))
+    assert 0 <= mean <= top <= scale == pytest.approx(2 * 2**0.5, abs=1e-3)  # k = 5: p·√2
+    assert_error(requests.post(f"{server.url}v1/kernel-map?steps=0", data=encode(rgb), timeout=TIMEOUT), 422)
 
 
 def test_concurrent_requests_are_batched_and_never_mixed_up(server):
@@ -282,6 +294,7 @@ def test_web_page_uploads_a_photo_and_shows_the_result(server, tmp_path):
             page.goto(server.url)
             page.wait_for_function("document.getElementById('sampler').options.length > 0", timeout=60_000)
             page.set_input_files("#file", str(photo_path))
+            page.check("#want-kmap")
             page.click("#run")
             page.wait_for_function(
                 "() => { const r = document.getElementById('result');"
@@ -293,6 +306,13 @@ def test_web_page_uploads_a_photo_and_shows_the_result(server, tmp_path):
             assert "done" in page.text_content("#status")
             assert page.get_attribute("#download", "href").startswith("blob:")
             assert page.is_visible("#download")
+            # The optional kernel-spread map follows the result.
+            page.wait_for_function(
+                "() => { const k = document.getElementById('kmap');"
+                " return k.src.startsWith('blob:') && k.complete && k.naturalWidth > 0; }",
+                timeout=TIMEOUT * 1000)
+            assert page.is_visible("#kmap")
+            assert page.evaluate("document.getElementById('kmap').naturalWidth") == 72
         finally:
             browser.close()
     # Self-contained: every request went to this server (or was a local blob).

@@ -39,6 +39,7 @@ from deblurdiff import __version__
 from deblurdiff.config import Section
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, encode_image
 from deblurdiff.serving.http import check_image, extract_image, read_body
+from deblurdiff.serving.kernel_map import spread_to_rgb
 from deblurdiff.serving.limits import MEDIA_TYPES, ApiError, Limits, auto_tile, parse_params
 from deblurdiff.serving.model import BatchSettings, DeblurModel
 
@@ -134,10 +135,25 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
+def _result_headers(params, result: dict, started: float) -> dict:
+    return {
+        "X-Deblur-Seed": str(params.seed),
+        "X-Deblur-Steps": str(params.steps),
+        "X-Deblur-Sampler": result["sampler"],
+        "X-Deblur-Tile": str(params.tile or 0),
+        "X-Deblur-Batch-Size": str(result["batch_size"]),
+        "X-Deblur-Replica": result["replica"],
+        "X-Deblur-Inference-Seconds": f"{result['seconds']:.3f}",
+        "X-Deblur-Total-Seconds": f"{time.perf_counter() - started:.3f}",
+    }
+
+
 def _index_html() -> str:
     return resources.files("deblurdiff.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+# NOTE: everything DeblurIngress uses must be defined above it: serve.ingress makes a new class that
+# Serve pickles by value when the decorator runs, capturing only the globals that exist by then.
 @serve.deployment(
     name=INGRESS_NAME,
     # Validation, decoding and encoding only: no CPU reservation, so the model gets the cores. It must
@@ -182,8 +198,37 @@ class DeblurIngress:
 
     @api.post("/v1/deblur")
     async def deblur(self, request: Request) -> Response:
-        limits = self._limits  # one consistent snapshot even if reconfigured mid-request
         started = time.perf_counter()
+        params, job, limits = await self._read_job(request)
+        result = await self._infer(job, limits.request_timeout_s)
+        out = result["image"]  # (H, W, 3) uint8, same size as the input
+        encoded = await asyncio.to_thread(encode_image, out, params.format)
+        return Response(encoded, media_type=MEDIA_TYPES[params.format],
+                        headers=_result_headers(params, result, started))
+
+    @api.post("/v1/kernel-map")
+    async def kernel_map(self, request: Request) -> Response:
+        """Same input and parameters as /v1/deblur; answers a colour map (PNG, input size) of the
+        predicted kernels' spread at the last step (dark: identity, bright: wide kernels)."""
+        started = time.perf_counter()
+        params, job, limits = await self._read_job(request, kernel_map=True)
+        result = await self._infer(job, limits.request_timeout_s)
+        height, width = job["image"].shape[:2]
+        info = await self._info()
+        p = (info["kernel_size"] - 1) // 2
+        vmax = p * 2 ** 0.5  # the widest possible spread, so maps are comparable across images
+        spread = result["spread"]
+        rgb = await asyncio.to_thread(spread_to_rgb, spread, width, height, vmax)
+        encoded = await asyncio.to_thread(encode_image, rgb, "png")
+        headers = _result_headers(params, result, started)
+        headers["X-Deblur-Kernel-Spread-Mean"] = f"{float(spread.mean()):.4f}"
+        headers["X-Deblur-Kernel-Spread-Max"] = f"{float(spread.max()):.4f}"
+        headers["X-Deblur-Kernel-Spread-Scale"] = f"{vmax:.4f}"  # latent pixels at full colour
+        return Response(encoded, media_type="image/png", headers=headers)
+
+    async def _read_job(self, request: Request, kernel_map: bool = False):
+        """Validate and decode a request into a model job (every refusal is an ApiError)."""
+        limits = self._limits  # one consistent snapshot even if reconfigured mid-request
         info = await self._info()
         # 1. parameters and size checks before the body is read (cheap refusals first)
         params = parse_params(request.query_params, limits, info["samplers"])
@@ -197,26 +242,9 @@ class DeblurIngress:
             rgb = await asyncio.to_thread(decode_rgb, data, max_pixels=limits.max_pixels)
         except ImageDecodeError as exc:
             raise ApiError(400, "invalid_image", f"image: not a decodable image: {exc}") from None
-        del data, body
-        # 4. inference in the model deployment, bounded by request_timeout_s
-        result = await self._infer(
-            {"image": rgb, "steps": params.steps, "sampler": params.sampler, "seed": params.seed,
-             "tile": params.tile},
-            limits.request_timeout_s,
-        )
-        out = result["image"]  # (H, W, 3) uint8, same size as the input
-        encoded = await asyncio.to_thread(encode_image, out, params.format)
-        headers = {
-            "X-Deblur-Seed": str(params.seed),
-            "X-Deblur-Steps": str(params.steps),
-            "X-Deblur-Sampler": result["sampler"],
-            "X-Deblur-Tile": str(params.tile or 0),
-            "X-Deblur-Batch-Size": str(result["batch_size"]),
-            "X-Deblur-Replica": result["replica"],
-            "X-Deblur-Inference-Seconds": f"{result['seconds']:.3f}",
-            "X-Deblur-Total-Seconds": f"{time.perf_counter() - started:.3f}",
-        }
-        return Response(encoded, media_type=MEDIA_TYPES[params.format], headers=headers)
+        job = {"image": rgb, "steps": params.steps, "sampler": params.sampler, "seed": params.seed,
+               "tile": params.tile, "kernel_map": kernel_map}
+        return params, job, limits
 
     async def _infer(self, job: dict[str, Any], timeout_s: float) -> dict:
         response = self._model.deblur.remote(job)

@@ -36,7 +36,7 @@ class BatchSettings(Section):
 
 def group_key(job: dict) -> tuple:
     height, width = job["image"].shape[:2]
-    return (height, width, job["steps"], job["sampler"], job["tile"])
+    return (height, width, job["steps"], job["sampler"], job["tile"], job.get("kernel_map", False))
 
 
 def group_jobs(jobs: list[dict]) -> list[list[int]]:
@@ -52,6 +52,21 @@ def _is_fatal_device_error(exc: BaseException) -> bool:
     # must be replaced (check_health fails, Serve restarts it). Out-of-memory is not fatal.
     text = f"{type(exc).__name__}: {exc}"
     return "out of memory" not in text.lower() and ("CUDA error" in text or "AcceleratorError" in text)
+
+
+def _preset_name(pipe) -> str | None:
+    value = pipe.config.get("preset")  # recorded by from_preset and kept by save_pretrained
+    return str(value) if value else None
+
+
+def _default_sampler(pipe, samplers) -> str:
+    # The sampler a call without `sampler=` uses: the __call__ default (the released "ddpm").
+    import inspect
+
+    default = inspect.signature(type(pipe).__call__).parameters.get("sampler")
+    if default is not None and default.default in samplers:
+        return str(default.default)
+    return str(list(samplers)[0])
 
 
 @serve.deployment(name="DeblurModel", health_check_period_s=10, health_check_timeout_s=30,
@@ -80,6 +95,8 @@ class DeblurModel:
             "device": str(self.device),
             "eac_backend": eac_backend(self.device),
             "samplers": list(SAMPLERS),
+            "kernel_size": int(self.pipe.lkpn.config.kernel_size),
+            "vae_scale_factor": int(self.pipe.vae_scale_factor),
             "default_sampler": _default_sampler(self.pipe, SAMPLERS),
             "torch": torch.__version__,
         }
@@ -119,22 +136,27 @@ class DeblurModel:
             group = [jobs[i] for i in indices]
             started = time.perf_counter()
             try:
-                images = self._run_group(group)
+                images, spreads = self._run_group(group)
             except Exception as exc:  # noqa: BLE001 - one bad group must not fail the others
                 error = self._classify(exc)
                 for i in indices:
                     results[i] = {"error": error}
                 continue
             seconds = time.perf_counter() - started
-            for i, image in zip(indices, images):
+            for i, image, spread in zip(indices, images, spreads):
                 results[i] = {"image": image, "batch_size": len(indices), "seconds": seconds,
                               "sampler": jobs[i]["sampler"] or self._info["default_sampler"],
                               "replica": self._replica}
+                if spread is not None:
+                    results[i]["spread"] = spread
         return results  # same order as jobs: Serve hands result k to caller k
 
     def _run_group(self, group: list[dict]):
+        """Jobs of one group_key -> (images (H, W, 3) uint8, spread maps (h, w) or None) in job order."""
         import numpy as np
         import torch
+
+        from deblurdiff.serving.kernel_map import kernel_spread
 
         first = group[0]
         # One generator per image: its result depends on its own seed only, not on its batch mates.
@@ -144,11 +166,16 @@ class DeblurModel:
             kwargs["sampler"] = first["sampler"]
         if first["tile"] is not None:
             kwargs["tile_size"] = first["tile"]
+        want_map = bool(first.get("kernel_map"))
         with torch.inference_mode():
             out = self.pipe([job["image"] for job in group], num_inference_steps=first["steps"],
-                            generator=generators, output_type="np", **kwargs).images
+                            generator=generators, output_type="np", return_intermediates=want_map, **kwargs)
         # (B, H, W, 3) float in [0, 1] -> uint8 per image
-        return [np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8) for img in out]
+        images = [np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8) for img in out.images]
+        spreads = [None] * len(group)
+        if want_map:  # the last step's K: (B, C·k², h, w) -> (B, h, w)
+            spreads = list(kernel_spread(out.kernels[-1], self.pipe.lkpn.config.kernel_size))
+        return images, spreads
 
     def _classify(self, exc: Exception) -> dict:
         import torch
@@ -163,18 +190,3 @@ class DeblurModel:
             self._fatal = f"{type(exc).__name__}: {exc}"
         logger.exception("inference failed")
         return {"status": 500, "code": "inference_failed", "message": f"{type(exc).__name__}: {exc}"}
-
-
-def _preset_name(pipe) -> str | None:
-    value = pipe.config.get("preset")  # recorded by from_preset and kept by save_pretrained
-    return str(value) if value else None
-
-
-def _default_sampler(pipe, samplers) -> str:
-    # The sampler a call without `sampler=` uses: the __call__ default (the released "ddpm").
-    import inspect
-
-    default = inspect.signature(type(pipe).__call__).parameters.get("sampler")
-    if default is not None and default.default in samplers:
-        return str(default.default)
-    return str(list(samplers)[0])
