@@ -8,6 +8,7 @@ same draws.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -50,13 +51,15 @@ def _pow(x: torch.Tensor, exponent: torch.Tensor | float) -> torch.Tensor:
 
 
 def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    power = _pow(x.clamp(min=_SRGB_T).add_(0.055).mul_(1 / 1.055), 2.4)
-    return power.add_(x.clamp(max=_SRGB_T).sub_(_SRGB_T).mul_(1 / 12.92))
+    # ((max(x, t) + 0.055) / 1.055) ** 2.4 + (min(x, t) - t) / 12.92
+    power = x.clamp(min=_SRGB_T).add_(0.055).log_().mul_(2.4).sub_(2.4 * math.log(1.055)).exp_()
+    return power.add_(x.clamp(max=_SRGB_T), alpha=1 / 12.92).sub_(_SRGB_T / 12.92)
 
 
 def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    power = _pow(x.clamp(min=_LIN_T), 1 / 2.4).mul_(1.055).sub_(0.055)
-    return power.add_(x.clamp(max=_LIN_T).sub_(_LIN_T).mul_(12.92))
+    # 1.055 * max(x, t) ** (1 / 2.4) - 0.055 + 12.92 * (min(x, t) - t)
+    power = x.clamp(min=_LIN_T).log_().mul_(1 / 2.4).add_(math.log(1.055)).exp_()
+    return power.add_(x.clamp(max=_LIN_T), alpha=12.92).sub_(0.055 + 12.92 * _LIN_T)
 
 
 def to_linear(x: torch.Tensor, curve: str = "srgb", gamma: torch.Tensor | float = 2.2) -> torch.Tensor:
