@@ -137,3 +137,19 @@ def test_cpu_and_cuda_agree(photos):
     full_cpu = synthesize(photos, "realistic", seeds=seeds)
     full_gpu = synthesize(photos.cuda(), "realistic", seeds=seeds)
     assert (full_gpu.blurry.cpu() - full_cpu.blurry).abs().mean() < 1 / 255
+
+
+def test_each_stage_draws_from_its_own_stream():
+    """Changing how one stage draws (more regions, other PSF families) leaves the others' draws alone."""
+    from deblurdiff.blur_synthesis import Recipe, sample_params
+
+    base = load_recipe("realistic")
+    d = base.to_dict()
+    d["blur"]["spatially_varying"].update(prob=1.0, regions=[3, 4])
+    d["blur"]["families"] = {"trajectory": 0.0, "linear": 0.0, "defocus": 1.0, "gaussian": 1.0}
+    other = Recipe.from_dict(d)
+    for seed in range(10):
+        a, b = sample_params(base, seed), sample_params(other, seed)
+        assert a["blur"] != b["blur"]
+        for stage in ("linear_light", "saturation", "bayer", "noise", "jpeg"):
+            assert a[stage] == b[stage]

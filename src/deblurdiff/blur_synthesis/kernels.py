@@ -62,7 +62,7 @@ def choice(g: torch.Generator, weights: dict[str, float]) -> str:
 
 
 def bernoulli(g: torch.Generator, p: float) -> bool:
-    # always draw, so a stage's probability does not shift the draws of the stages after it
+    # always draw (also for p = 0 or 1), so a probability never shifts the draws after it
     return float(torch.rand((), generator=g, dtype=torch.float64)) < p
 
 

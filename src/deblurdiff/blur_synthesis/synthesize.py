@@ -49,24 +49,30 @@ class SynthesisResult:
 
 
 # ----------------------------------------------------------------------------- 1. sampling
+_STAGES = ("linear_light", "saturation", "blur", "bayer", "noise", "jpeg")
+
+
 def sample_params(recipe: Recipe, seed: int) -> dict:
-    """Every random value for one sample, drawn in a fixed order from ``Generator().manual_seed(seed)``.
-    Each stage draws all its values whether or not it runs, so a stage's probability never shifts the
-    draws of the stages after it."""
-    g = torch.Generator().manual_seed(int(seed))
+    """Every random value for one sample. ``Generator().manual_seed(seed)`` (CPU) first draws one
+    seed per stage; each stage then draws from its own generator, so what one stage draws (how many
+    regions, which PSF family) never shifts the draws of another, and every draw is reproducible on any
+    device or worker."""
+    root = torch.Generator().manual_seed(int(seed))
+    stage_seeds = torch.randint(0, 2**62, (len(_STAGES),), generator=root).tolist()
+    gen = {name: torch.Generator().manual_seed(s) for name, s in zip(_STAGES, stage_seeds)}
     r = recipe
 
-    ll = r.linear_light
+    g, ll = gen["linear_light"], r.linear_light
     linear_light = {
         "applied": bernoulli(g, ll.prob),
         "curve": choice(g, ll.curves.model_dump()) if sum(ll.curves.model_dump().values()) > 0 else "srgb",
         "gamma": uniform(g, *ll.gamma_range),
     }
 
-    sat = r.saturation
+    g, sat = gen["saturation"], r.saturation
     saturation = {"applied": bernoulli(g, sat.prob), "threshold": uniform(g, *sat.threshold), "gain": log_uniform(g, *sat.gain)}
 
-    sv = r.blur.spatially_varying
+    g, sv = gen["blur"], r.blur.spatially_varying
     varying = bernoulli(g, sv.prob)
     n_regions = randint(g, *sv.regions) if varying else 1
     psfs = [sample_psf(g, r.blur) for _ in range(n_regions)]
@@ -79,16 +85,19 @@ def sample_params(recipe: Recipe, seed: int) -> dict:
         centres = torch.rand(n_regions, 2, generator=g, dtype=torch.float64).tolist()
         blur["masks"] = {"centres": centres, "softness": uniform(g, *sv.softness)}
 
+    g = gen["bayer"]
     bayer = {"applied": bernoulli(g, r.bayer.prob), "cfa": fm.CFA_PATTERNS[randint(g, 0, 3)]}
 
-    nz = r.noise
+    g, nz = gen["noise"], r.noise
+    applied = bernoulli(g, nz.prob)
     shot = log_uniform(g, *nz.shot)
     if nz.read == "brooks2019":  # Brooks et al. 2019, "Unprocessing images", read variance from shot
         read = math.sqrt(math.exp(2.18 * math.log(max(shot, 1e-12)) + 1.20 + 0.26 * float(torch.randn((), generator=g, dtype=torch.float64))))
     else:
         read = log_uniform(g, *nz.read)
-    noise = {"applied": bernoulli(g, nz.prob), "shot": shot, "read": read, "noise_seed": int(torch.randint(0, 2**62, (), generator=g))}
+    noise = {"applied": applied, "shot": shot, "read": read, "noise_seed": int(torch.randint(0, 2**62, (), generator=g))}
 
+    g = gen["jpeg"]
     jp = {"applied": bernoulli(g, r.jpeg.prob), "quality": randint(g, *r.jpeg.quality)}
 
     return {
