@@ -33,12 +33,18 @@ class ActorPool:
     def device(self) -> str:
         return "cuda" if self.num_gpus > 0 else "cpu"
 
-    def strategy(self):
+    def strategy(self, *, autoscale: bool = False):
+        """``ActorPoolStrategy`` for ``map_batches(compute=...)``.
+
+        Fixed size (min = max, the default): the pool fits the cluster by construction, so there is
+        nothing to autoscale; one work item in flight per actor, because items are large (a shard)
+        and an idle actor should take the next one rather than find it queued behind a busy actor.
+        ``autoscale``: from one actor up to ``size`` with Ray Data's default queueing (streams whose
+        input size is unknown, e.g. training)."""
         import ray.data
 
-        # Fixed size (min = max): it fits the cluster by construction, so there is nothing to
-        # autoscale. One work item in flight per actor: items are large (a shard), so an idle actor
-        # should take the next one rather than find it queued behind a busy actor.
+        if autoscale:
+            return ray.data.ActorPoolStrategy(min_size=1, max_size=self.size)
         return ray.data.ActorPoolStrategy(min_size=self.size, max_size=self.size, max_tasks_in_flight_per_actor=1)
 
     def remote_args(self) -> dict:

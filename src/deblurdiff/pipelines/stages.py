@@ -56,6 +56,8 @@ def to_float(pixels_u8: np.ndarray):
     """(n, H, W, 3) uint8 -> torch float32 (n, 3, H, W) in [0, 1]."""
     import torch
 
+    if not pixels_u8.flags.writeable:  # zero-copy Ray Data batches are read-only; torch wants to own
+        pixels_u8 = pixels_u8.copy()
     return torch.from_numpy(np.ascontiguousarray(pixels_u8)).permute(0, 3, 1, 2).float().div_(255.0)
 
 

@@ -159,10 +159,10 @@ def _from_images(paths, *, crop, recipe, seed, crops_per_image, filesystem, num_
         remote["num_cpus"] = synth_cpus
     return ds.map_batches(_SynthesizeBatch, fn_constructor_kwargs={"recipe": recipe, "device": pool.device,
                                                                    "threads": pool.threads},
-                          batch_size=8, batch_format="numpy", compute=pool.strategy(), **remote)
+                          batch_size=8, batch_format="numpy", compute=pool.strategy(autoscale=True), **remote)
 
 
-def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_per_image: int) -> dict:
+def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_per_image: int):
     """Sources (JSON) -> sharp crops (n, c, c, 3) uint8 with their blur seeds; bad inputs logged, dropped."""
     sharp, seeds = [], []
     for text in batch["source"]:
@@ -175,8 +175,8 @@ def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_
         for c in crops:
             sharp.append(c.pixels)
             seeds.append(sample_seed(seed, source.key, c.crop_index, "blur"))
-    return {"sharp_u8": np.stack(sharp) if sharp else np.zeros((0, crop, crop, 3), np.uint8),
-            "seed": np.array(seeds, dtype=np.int64)}
+    if sharp:  # a generator: a batch whose inputs were all skipped yields nothing (no empty tensors)
+        yield {"sharp_u8": np.stack(sharp), "seed": np.array(seeds, dtype=np.int64)}
 
 
 class _SynthesizeBatch:
