@@ -3,7 +3,7 @@
     python -m deblurdiff.blur_synthesis.contact_sheet --recipe realistic --rows 6 --size 256 \\
         --output blur_contact_sheet.png
     # the README's picture (docs/images/blur_contact_sheet.png):
-    python -m deblurdiff.blur_synthesis.contact_sheet --seeds 18 1 8 3 5 23 --size 224 --palette \\
+    python -m deblurdiff.blur_synthesis.contact_sheet --seeds 0 7 1 9 5 8 --size 224 --palette \\
         --output docs/images/blur_contact_sheet.png
 
 Sharp images are crops of scikit-image's bundled photos (or ``--input`` files). Each PSF is shown
