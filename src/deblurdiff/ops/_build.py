@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import sys
 import threading
 import time
@@ -122,6 +123,23 @@ def _build_directory(name: str) -> str:
     return str(path)
 
 
+def _ensure_ninja_on_path() -> None:
+    """cpp_extension runs the ``ninja`` executable from PATH. The ``ninja`` wheel (a dependency)
+    puts it in the environment's scripts dir, which is not on PATH when the venv is not activated
+    or the wheels were installed with ``pip --target``: add that dir."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return  # cpp_extension then raises its own "Ninja is required" error (-> loud fallback)
+    package_dir = Path(ninja.__file__).resolve().parent
+    for candidate in (getattr(ninja, "BIN_DIR", ""), package_dir.parent / "bin", package_dir / "data" / "bin"):
+        if candidate and (Path(candidate) / "ninja").is_file():
+            os.environ["PATH"] = f"{candidate}{os.pathsep}{os.environ.get('PATH', '')}"
+            return
+
+
 def _x86_flags() -> list[str]:
     """SIMD flags for this CPU (the build is per machine; the name below keys the cache on them)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -133,6 +151,7 @@ def _x86_flags() -> list[str]:
 def _build_cpu():
     from torch.utils import cpp_extension
 
+    _ensure_ninja_on_path()
     arch = _x86_flags()
     name = f"deblurdiff_eac_cpu_t{_tag(torch.__version__)}_{'avx2' if arch else 'base'}"
     logger.info("EAC: loading/building the CPU extension %s (first build takes ~30s)", name)
@@ -155,6 +174,7 @@ def _build_cuda():
         raise RuntimeError("CUDA is not available in this torch build / on this machine")
     if cpp_extension.CUDA_HOME is None:
         raise RuntimeError("no CUDA toolkit (nvcc) found; set CUDA_HOME")
+    _ensure_ninja_on_path()
     major, minor = torch.cuda.get_device_capability()
     # Build for the device that is here (sm_90 on Hopper) unless the user chose the archs.
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
