@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deblurdiff.errors import UsageError
 
@@ -58,8 +57,25 @@ def _odd_size_range(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
+def _within(low: float, high: float):
+    def check(value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] < low or value[1] > high:
+            raise ValueError(f"expected [low, high] within [{low}, {high}], got {list(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
 PositiveRange = Annotated[Range, AfterValidator(_positive_range)]
 SizeRange = Annotated[Range, AfterValidator(_odd_size_range)]
+def _non_negative(value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] < 0:
+        raise ValueError(f"expected values >= 0, got {list(value)}")
+    return value
+
+
+NonNegativeRange = Annotated[Range, AfterValidator(_non_negative)]
+IntRange = Annotated[tuple[int, int], AfterValidator(_check_range)]
 
 
 class _Section(BaseModel):
@@ -93,7 +109,7 @@ class DefocusCfg(_Section):
 
     radius: PositiveRange = (1.0, 12.0)  # px
     polygon_prob: Prob = 0.4  # chance of a polygonal aperture instead of a disk
-    blades: Annotated[tuple[int, int], AfterValidator(_check_range)] = (5, 9)
+    blades: Annotated[IntRange, _within(3, 64)] = (5, 9)
 
 
 class GaussianCfg(_Section):
@@ -124,7 +140,7 @@ class SpatiallyVaryingCfg(_Section):
     """Several PSFs over smooth masks (soft Voronoi regions): blurry = sum_i k_i conv (m_i * sharp)."""
 
     prob: Prob = 0.0
-    regions: Annotated[tuple[int, int], AfterValidator(_check_range)] = (2, 3)
+    regions: Annotated[IntRange, _within(2, 8)] = (2, 3)
     softness: PositiveRange = (0.02, 0.15)  # mask transition width, as a fraction of the image size
     # Camera shake that varies across the frame comes mostly from in-plane rotation: the regions see
     # the same hand motion, turned and scaled. With this probability (when region 1 is a camera-shake
@@ -133,12 +149,6 @@ class SpatiallyVaryingCfg(_Section):
     shared_shake: Prob = 0.0
     rotation: Range = (-25.0, 25.0)
     scale: PositiveRange = (0.6, 1.4)
-
-    @model_validator(mode="after")
-    def _two_or_more(self) -> "SpatiallyVaryingCfg":
-        if self.regions[0] < 2 or self.regions[1] > 8:
-            raise ValueError(f"regions: expected [low, high] within [2, 8], got {list(self.regions)}")
-        return self
 
 
 class BlurCfg(_Section):
@@ -181,16 +191,17 @@ class NoiseCfg(_Section):
     """
 
     prob: Prob = 0.0
-    shot: Range = (1e-4, 1.2e-2)  # variance per unit intensity; [0, 0] = no shot noise
-    read: Union[Literal["brooks2019"], Range] = "brooks2019"  # read-noise std, or the Brooks relation
+    shot: NonNegativeRange = (1e-4, 1.2e-2)  # variance per unit intensity; [0, 0] = no shot noise
+    read: Union[Literal["brooks2019"], tuple[float, float]] = "brooks2019"  # read-noise std, or the Brooks relation
 
-    @model_validator(mode="after")
-    def _non_negative(self) -> "NoiseCfg":
-        if self.shot[0] < 0:
-            raise ValueError(f"shot: expected values >= 0, got {list(self.shot)}")
-        if not isinstance(self.read, str) and self.read[0] < 0:
-            raise ValueError(f"read: expected values >= 0, got {list(self.read)}")
-        return self
+    @field_validator("read", mode="before")
+    @classmethod
+    def _read(cls, value):
+        if value == "brooks2019":
+            return value
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return _non_negative(_check_range((float(value[0]), float(value[1]))))
+        raise ValueError("expected 'brooks2019' or a read-noise std range [low, high]")
 
 
 class BayerCfg(_Section):
@@ -203,13 +214,7 @@ class JpegCfg(_Section):
     """JPEG through the real codec (Pillow/libjpeg) at a random quality."""
 
     prob: Prob = 0.0
-    quality: Annotated[tuple[int, int], AfterValidator(_check_range)] = (60, 95)
-
-    @model_validator(mode="after")
-    def _quality(self) -> "JpegCfg":
-        if self.quality[0] < 1 or self.quality[1] > 100:
-            raise ValueError(f"quality: expected [low, high] within [1, 100], got {list(self.quality)}")
-        return self
+    quality: Annotated[IntRange, _within(1, 100)] = (60, 95)
 
 
 class Recipe(_Section):
@@ -225,13 +230,13 @@ class Recipe(_Section):
     bayer: BayerCfg = BayerCfg()
     jpeg: JpegCfg = JpegCfg()
 
-    @cached_property
+    @functools.cached_property
     def canonical_json(self) -> str:
         """Every field that changes the output, as sorted compact JSON (what ``hash`` hashes)."""
         data = self.model_dump(mode="json", exclude={"name", "description"})
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
-    @cached_property
+    @functools.cached_property
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json.encode()).hexdigest()
 
@@ -252,7 +257,7 @@ class Recipe(_Section):
 
 def _describe(error: dict) -> str:
     # pydantic adds the validator name / tuple index to the location; keep the user-facing dotted key
-    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "tuple["))]
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "tuple[", "literal["))]
     key = ".".join(loc) or "<root>"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against the built-in recipes)"
