@@ -50,12 +50,13 @@ def _np_from_linear(x, curve, gamma):
 
 def _np_masks(spec, h, w):
     scale = max(h, w)
-    ys = ((np.arange(h) + 0.5) / scale)[:, None]
-    xs = ((np.arange(w) + 0.5) / scale)[None, :]
-    logits = np.stack([-np.sqrt((xs - cx * w / scale) ** 2 + (ys - cy * h / scale) ** 2) / spec["softness"] for cx, cy in spec["centres"]])
+    ys = ((np.arange(h, dtype=np.float32) + 0.5) / scale)[:, None]
+    xs = ((np.arange(w, dtype=np.float32) + 0.5) / scale)[None, :]
+    inv = np.float32(1 / spec["softness"])
+    logits = np.stack([-np.hypot(xs - np.float32(cx * w / scale), ys - np.float32(cy * h / scale)) * inv for cx, cy in spec["centres"]])
     logits -= logits.max(0, keepdims=True)
     e = np.exp(logits)
-    return (e / e.sum(0, keepdims=True)).astype(np.float32)
+    return e / e.sum(0, keepdims=True)
 
 
 _BAYER_OFFSETS = {"RG": ((1, 1), (0, 0)), "GR": ((1, 0), (0, 1)), "BG": ((0, 0), (1, 1)), "GB": ((0, 1), (1, 0))}  # (red, blue) (y, x), OpenCV/kornia naming
@@ -104,11 +105,10 @@ def baseline_one(img: np.ndarray, p: dict, kernels: np.ndarray) -> np.ndarray:
         x = x * cfa_masks
     if noise["applied"]:
         rng = np.random.default_rng(noise["noise_seed"])
-        eps = rng.standard_normal(x.shape[1:], dtype=np.float32)  # one raw value per pixel
-        if not bayer["applied"]:
-            eps = rng.standard_normal(x.shape, dtype=np.float32)
+        # one raw value per pixel on a Bayer sensor (broadcast over the sparse planes), else per channel
+        eps = rng.standard_normal(x.shape[1:] if bayer["applied"] else x.shape, dtype=np.float32)
         var = np.float32(noise["shot"]) * np.maximum(x, 0) + np.float32(noise["read"] ** 2)
-        x = x + np.sqrt(var) * (eps if eps.ndim == 3 else eps[None])
+        x = x + np.sqrt(var) * eps
         if bayer["applied"]:
             x = x * cfa_masks
     x = np.clip(x, 0, 1)
