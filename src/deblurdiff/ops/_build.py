@@ -167,20 +167,25 @@ def _build_cpu():
     return torch.ops.deblurdiff_cpu
 
 
-def _build_cuda():
+def _build_cuda(verbose: bool = False, need_device: bool = True):
     from torch.utils import cpp_extension
 
-    if not torch.cuda.is_available():
+    if torch.version.cuda is None:
+        raise RuntimeError("this torch build has no CUDA support")
+    if need_device and not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available in this torch build / on this machine")
     if cpp_extension.CUDA_HOME is None:
         raise RuntimeError("no CUDA toolkit (nvcc) found; set CUDA_HOME")
     _ensure_ninja_on_path()
-    major, minor = torch.cuda.get_device_capability()
-    # Build for the device that is here (sm_90 on Hopper) unless the user chose the archs.
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ:
+        if not torch.cuda.is_available():
+            raise RuntimeError("no GPU to take the architecture from: set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0')")
+        # Build for the device that is here (sm_90 on Hopper) unless the user chose the archs.
+        major, minor = torch.cuda.get_device_capability()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
     arch_tag = _tag(os.environ["TORCH_CUDA_ARCH_LIST"])
     name = f"deblurdiff_eac_cuda_t{_tag(torch.__version__)}_sm{arch_tag}"
-    logger.info("EAC: loading/building the CUDA extension %s for sm_%d%d", name, major, minor)
+    logger.info("EAC: loading/building the CUDA extension %s for %s", name, os.environ["TORCH_CUDA_ARCH_LIST"])
     cpp_extension.load(
         name=name,
         sources=[str(path) for path in CUDA_SOURCES],
@@ -188,6 +193,27 @@ def _build_cuda():
         extra_cuda_cflags=["-O3", "-lineinfo"],
         build_directory=_build_directory(name),
         is_python_module=False,  # registers torch.ops.deblurdiff_cuda.*
-        verbose=False,
+        verbose=verbose,
     )
     return torch.ops.deblurdiff_cuda
+
+
+def build_extensions(cuda: bool | None = None, verbose: bool = False) -> list[str]:
+    """Build (or load from the cache) the compiled kernels ahead of time, e.g. at image build time.
+
+    Unlike first use, a failure raises instead of falling back. ``cuda``: also build the CUDA
+    kernels (None: when a CUDA toolkit is present). Without a GPU (``docker build``), the CUDA
+    architectures come from ``TORCH_CUDA_ARCH_LIST``; keep the same value at run time so the
+    runtime finds this build under the same name. Returns the names of what was built.
+    """
+    from torch.utils import cpp_extension
+
+    built = []
+    _build_cpu()
+    built.append("cpu")
+    if cuda is None:
+        cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if cuda:
+        _build_cuda(verbose=verbose, need_device=False)
+        built.append("cuda")
+    return built
