@@ -137,3 +137,34 @@ def test_serve_on_an_existing_cluster_removes_only_what_it_started(ray_cluster, 
     assert not serve_controller_exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+
+
+@pytest.mark.gpu
+def test_serve_on_a_gpu_runs_the_cuda_eac_op(tiny_model_dir):
+    # Own local Ray (it sees the GPU); one GPU per model replica; /v1/info names the CUDA EAC op.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    port = free_port()
+    proc = subprocess.Popen(
+        [DEBLURDIFF, "serve", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cuda",
+         "--default-steps", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("listening on" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines[-30:])
+            time.sleep(0.5)
+        base = f"http://127.0.0.1:{port}/"
+        info = requests.get(base + "v1/info", timeout=60).json()
+        assert info["device"].startswith("cuda") and info["eac_backend"] == "cuda", info
+        rgb = photo("astronaut", 130, 97)
+        r = requests.post(base + "v1/deblur?tile=64", data=encode(rgb), timeout=300)
+        assert r.status_code == 200, r.text
+        assert decode(r.content).shape == rgb.shape
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

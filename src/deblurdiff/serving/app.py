@@ -13,6 +13,10 @@ Entry point for ``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``::
     import_path: deblurdiff.serving.app:build_app
     args: {model: /models/deblurdiff}
 
+Routes: ``POST /v1/deblur`` (the image), ``POST /v1/kernel-map`` (same input and parameters; a colour
+map of the predicted kernels' spread), ``GET /v1/info``, ``GET /healthz``, ``GET /`` (web page).
+Errors are ``{"error": {"code", "message"}}`` with 400/413/415/422/503/504 (DESIGN §4).
+
 Deployment names ``DeblurIngress`` and ``DeblurModel`` are stable (config files refer to them).
 Runtime settings go through ``user_config``: the ingress takes :class:`~deblurdiff.serving.limits.Limits`
 fields, the model takes ``max_batch_size`` / ``batch_wait_timeout_s`` (``max_batch_size: 1`` turns
