@@ -59,29 +59,45 @@ def fft_blur(x: torch.Tensor, psfs: torch.Tensor, masks: torch.Tensor | None = N
     b, c, h, w = x.shape
     n, k = psfs.shape[1], psfs.shape[-1]
     p = k // 2
-    parts = x[:, None] if masks is None else masks.to(x.dtype)[:, :, None] * x[:, None]  # (B, n, C, H, W)
     mode = "replicate" if border == "reflect" and (p >= h or p >= w) else border
-    parts = parts.reshape(b * n, c, h, w)
     # Linear convolution by circular convolution of length N >= H + K - 1 (a fast FFT length): the
     # outputs we keep, [K-1, K-1+H), read inputs [0, H+K-1) only and never wrap around. So the image
     # is padded by K//2 on the top/left and by N - H - K//2 (>= K//2) on the bottom/right, straight to
     # the FFT size: the slack beyond K//2 only feeds outputs we drop, and padding once avoids the copy
     # a zero-filled rfft2(s=...) makes.
     nh, nw = smooth_size(h + k - 1), smooth_size(w + k - 1)
-    bottom, right = nh - h - p, nw - w - p
-    if mode in ("reflect", "circular") and (bottom >= h or right >= w):  # too far for a single pad
-        xp = F.pad(F.pad(parts, (p, p, p, p), mode=mode), (0, right - p, 0, bottom - p))
-    else:
-        xp = F.pad(parts, (p, right, p, bottom), mode=mode)  # (B n, C, nh, nw)
-    spec_x = torch.fft.rfft2(xp).view(b, n, c, nh, nw // 2 + 1)
+    xp = _pad_to(x, p, nh, nw, mode)  # (B, C, nh, nw)
+    if masks is not None:  # the masked parts m_j * x, padded (padding is a per-pixel index map, so
+        # pad(m * x) == pad(m) * pad(x): pad the n masks and the C channels, not n * C planes)
+        xp = _pad_to(masks.to(x.dtype), p, nh, nw, mode)[:, :, None] * xp[:, None]  # (B, n, C, nh, nw)
+    spec_x = torch.fft.rfft2(xp)  # (B, C, nh, nw//2+1) or (B, n, C, nh, nw//2+1)
     # The PSF has K non-zero rows of nh: transform those rows first, then the columns (half the work
     # of a full rfft2 of the zero-filled kernel). Dividing the PSF by nh * nw lets the inverse skip
     # its normalisation pass (norm="forward"), a measured ~30% of irfft2's time on CPU.
     psfs = psfs.to(x.dtype) / (nh * nw)
     spec_k = torch.fft.fft(torch.fft.rfft(psfs, n=nw, dim=-1), n=nh, dim=-2)  # (B, n, nh, nw//2+1)
-    spec = (spec_x * spec_k[:, :, None]).sum(1) if n > 1 else spec_x[:, 0] * spec_k  # (B, C, nh, nw//2+1)
+    if masks is None:
+        spec = spec_x.mul_(spec_k)  # (B, C, nh, nw//2+1), in place: spec_x is not needed again
+    else:  # sum_j X_j K_j, accumulated in place (no (B, n, C, ...) temporary)
+        spec = spec_x[:, 0] * spec_k[:, 0, None]
+        for j in range(1, n):
+            spec.addcmul_(spec_x[:, j], spec_k[:, j, None])
     y = torch.fft.irfft2(spec, s=(nh, nw), norm="forward")  # (B, C, nh, nw)
     return y[..., k - 1 : k - 1 + h, k - 1 : k - 1 + w]
+
+
+def _pad_to(x: torch.Tensor, p: int, nh: int, nw: int, mode: str) -> torch.Tensor:
+    """Pad (..., H, W) by ``p`` on the top/left and up to (nh, nw) on the bottom/right with ``mode``
+    (the first ``p`` beyond the edge follow ``mode``; what lies further only feeds dropped outputs)."""
+    h, w = x.shape[-2:]
+    bottom, right = nh - h - p, nw - w - p
+    lead = x.shape[:-2]
+    x = x.reshape(-1, 1, h, w) if x.dim() != 4 else x  # F.pad's reflect/replicate want 3-D/4-D input
+    if mode in ("reflect", "circular") and (bottom >= h or right >= w):  # too far for one pad
+        out = F.pad(F.pad(x, (p, p, p, p), mode=mode), (0, right - p, 0, bottom - p))
+    else:
+        out = F.pad(x, (p, right, p, bottom), mode=mode)
+    return out.reshape(*lead, nh, nw)
 
 
 def region_masks(centres: torch.Tensor, softness: torch.Tensor, height: int, width: int) -> torch.Tensor:
