@@ -25,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["micro_step", "prepare_model", "train_loop_per_worker"]
 
 COMPONENTS = ("vae", "unet", "controlnet", "lkpn", "null_text")
 
@@ -34,10 +34,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
     import ray.train
     import ray.train.torch
 
-    from deblurdiff.models import CoTrainingModule
     from deblurdiff.training.config import TrainConfig, micro_batch_size
     from deblurdiff.training.engine import build_engine, full_fp32_state_dict
-    from deblurdiff.training.export import build_pipeline, export_pipeline
+    from deblurdiff.training.export import export_pipeline
     from deblurdiff.training.state import DEEPSPEED_TAG, TrainState, digest_modules, load_rng
     from deblurdiff.training.tracking import Tracker
     from deblurdiff.training.validation import validate
@@ -59,27 +58,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
     micro = micro_batch_size(cfg)
 
     # 1. The model: every rank builds the same weights (same seed); DeepSpeed also broadcasts rank 0's.
-    pipe = build_pipeline(cfg)
-    pipe.set_progress_bar_config(disable=True)
-    trainable = pipe.trainable_modules()
-    frozen = {name: getattr(pipe, name) for name in COMPONENTS if name not in trainable}
-    pipe.to(device)
-    for module in frozen.values():
-        module.eval().requires_grad_(False)
-        if bf16:
-            module.to(torch.bfloat16)  # frozen weights need no fp32 master copy
+    #    Frozen parts: eval, no grads, bf16 on GPU. Trainable parts: one nn.Module for the engine.
     grad_ckpt = on_gpu if cfg.train.gradient_checkpointing == "auto" else cfg.train.gradient_checkpointing
-    if grad_ckpt:
-        # Activations of the frozen UNet are kept too (gradients flow through it to the ControlNet
-        # residuals), so checkpoint every UNet in the graph.
-        for name in ("unet", "controlnet", "lkpn"):
-            for sub in getattr(pipe, name).modules():
-                if getattr(sub, "_supports_gradient_checkpointing", False):
-                    sub.enable_gradient_checkpointing()
+    pipe, model, frozen = prepare_model(cfg, device, bf16=bf16, gradient_checkpointing=grad_ckpt)
+    trainable = pipe.trainable_modules()
     frozen_digest_start = digest_modules(frozen)
 
     # 2. The DeepSpeed engine over the trainable parts (AdamW, warm-up + cosine LR, ZeRO, clipping).
-    model = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight).train()
     engine, _, lr_scheduler = build_engine(model, cfg, world, on_gpu, bf16)
     context = pipe.null_text_embedding(micro).to(device, torch.bfloat16 if bf16 else torch.float32)
     generator = torch.Generator().manual_seed(cfg.run.seed * 1000 + rank)  # t and eps for this rank
@@ -102,7 +87,6 @@ def train_loop_per_worker(config: dict) -> dict | None:
     tracker = Tracker(cfg, active=rank == 0, config_dict=cfg.model_dump())
     val_sharp, val_blurry = (torch.tensor(a) for a in config["validation"])  # (N, 3, H, W), copied
     batches = _micro_batches(ray.train.get_dataset_shard("train"), micro, cfg, state, rank)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def run_validation():
         model.eval()
@@ -118,33 +102,23 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     # 4. The loop: one iteration = one optimiser step = grad_accum micro-batches on every rank.
     window = _new_window()
+    first_step = True
     last_metrics: dict = {}
     val_metrics: dict = {}
     while state.step < cfg.train.max_steps:
         started = time.perf_counter()
         for _ in range(cfg.train.grad_accum):
-            batch = next(batches)
-            # 4a. latents, without gradients (the VAE is frozen): z_0 from sharp, z_b from blurry
-            with torch.no_grad():
-                z_0 = pipe.encode(batch["sharp"].to(device))
-                z_b = pipe.encode(batch["blurry"].to(device), blurry=True)
-            # 4b. t ~ U{0..999} and eps ~ N(0, I), from this rank's generator (saved in checkpoints)
-            t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (z_0.shape[0],), generator=generator)
-            eps = torch.randn(z_0.shape, generator=generator)
-            # 4c. forward: x_t = q(z_0, t, eps); LKPN + EAC -> ẑ; ControlNet; UNet -> eps_pred; loss terms
-            with autocast:
-                terms = engine(z_0, z_b, eps.to(device), t.to(device), context)
-            # 4d. backward + step: DeepSpeed reduces (ZeRO: reduce-scatters) gradients over the ranks
-            #     and steps the optimiser and LR schedule only at the accumulation boundary.
-            engine.backward(terms.loss)
-            engine.step()
+            terms = micro_step(engine, pipe, next(batches), generator, context, bf16=bf16)
             for key in ("loss", "eps_loss", "latent_loss"):  # summed on device: no sync per step
                 window[key] = window[key] + getattr(terms, key).detach().float() / cfg.train.grad_accum
         state.step += 1
         state.samples_seen += cfg.train.batch_size
-        window["time"] += time.perf_counter() - started
-        window["samples"] += cfg.train.batch_size
         window["n"] += 1
+        if not first_step:  # the first step of a worker group also pays for warm-up and data start
+            window["time"] += time.perf_counter() - started
+            window["samples"] += cfg.train.batch_size
+            window["timed"] += 1
+        first_step = False
 
         # 5. Log (rank 0): loss terms (this rank's mean over the window), LR, grad norm, throughput.
         if state.step % cfg.run.log_every == 0 or state.step == cfg.train.max_steps:
@@ -154,8 +128,8 @@ def train_loop_per_worker(config: dict) -> dict | None:
                 "train/latent_loss": float(window["latent_loss"]) / window["n"],
                 "train/lr": lr_scheduler.get_last_lr()[0],
                 "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                "train/samples_per_s": window["samples"] / max(window["time"], 1e-9),
-                "train/s_per_step": window["time"] / window["n"],
+                **({"train/samples_per_s": window["samples"] / window["time"],
+                    "train/s_per_step": window["time"] / window["timed"]} if window["timed"] else {}),
                 "train/epoch": state.epoch,
             }
             window = _new_window()
@@ -164,7 +138,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                 events.record_step.remote(state.step, last_metrics)
                 logger.warning("step %d/%d loss %.4f (eps %.4f, latent %.4f) %.2f samples/s", state.step,
                                cfg.train.max_steps, last_metrics["train/loss"], last_metrics["train/eps_loss"],
-                               last_metrics["train/latent_loss"], last_metrics["train/samples_per_s"])
+                               last_metrics["train/latent_loss"], last_metrics.get("train/samples_per_s", 0.0))
         elif rank == 0:
             events.record_step.remote(state.step, None)  # every step is recorded: tests check none repeats
 
@@ -202,8 +176,65 @@ def train_loop_per_worker(config: dict) -> dict | None:
     }
 
 
+def prepare_model(cfg, device: torch.device, *, bf16: bool, gradient_checkpointing: bool, pipe=None):
+    """The configured pipeline (or ``pipe``, already built) on ``device`` and its trainable parts as
+    ONE module.
+
+    Returns (pipe, CoTrainingModule in train mode, {name: frozen module}). Frozen parts (VAE, the
+    empty-prompt embedding, and the UNet unless the preset trains it) are in eval mode without
+    gradients, in bf16 when training in bf16 (they need no fp32 master copy); DeepSpeed casts the
+    trainable parts itself.
+    """
+    from deblurdiff.models import CoTrainingModule
+    from deblurdiff.training.export import build_pipeline
+
+    # Built on the CPU by default: the export rebuilds the frozen parts there, bit for bit.
+    pipe = pipe if pipe is not None else build_pipeline(cfg)
+    pipe.set_progress_bar_config(disable=True)
+    trainable = pipe.trainable_modules()
+    frozen = {name: getattr(pipe, name) for name in COMPONENTS if name not in trainable}
+    pipe.to(device)
+    for module in frozen.values():
+        module.eval().requires_grad_(False)
+        if bf16:
+            module.to(torch.bfloat16)
+    if gradient_checkpointing:
+        # The frozen UNet's activations are kept too (gradients flow through it to the ControlNet
+        # residuals), so checkpoint every UNet in the graph, the LKPN's included.
+        for name in ("unet", "controlnet", "lkpn"):
+            for sub in getattr(pipe, name).modules():
+                if getattr(sub, "_supports_gradient_checkpointing", False):
+                    sub.enable_gradient_checkpointing()
+    model = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight).train()
+    return pipe, model, frozen
+
+
+def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: torch.Tensor, *, bf16: bool):
+    """One micro-batch through the DeepSpeed engine; returns the loss terms (``LossTerms``).
+
+    batch: {"sharp", "blurry"} float (B, 3, H, W) in [0, 1]. The optimiser and LR schedule step
+    inside ``engine.step()`` only at the gradient-accumulation boundary.
+    """
+    device = context.device
+    # a. latents, without gradients (the VAE is frozen): z_0 from sharp, z_b from blurry
+    with torch.no_grad():
+        z_0 = pipe.encode(batch["sharp"].to(device, non_blocking=True))
+        z_b = pipe.encode(batch["blurry"].to(device, non_blocking=True), blurry=True)
+    # b. t ~ U{0..999} and eps ~ N(0, I), from this rank's generator (saved in checkpoints)
+    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (z_0.shape[0],), generator=generator)
+    eps = torch.randn(z_0.shape, generator=generator)
+    # c. forward: x_t = q(z_0, t, eps); LKPN + EAC -> ẑ; ControlNet(x_t, [z_b, ẑ]); UNet -> eps_pred
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        terms = engine(z_0, z_b, eps.to(device), t.to(device), context)
+    # d. backward + step: DeepSpeed reduces (ZeRO-2: reduce-scatters) the gradients over the ranks,
+    #    clips, and steps AdamW + the LR schedule at the accumulation boundary.
+    engine.backward(terms.loss)
+    engine.step()
+    return terms
+
+
 def _new_window() -> dict:
-    return {"time": 0.0, "samples": 0, "n": 0, "loss": 0.0, "eps_loss": 0.0, "latent_loss": 0.0}
+    return {"time": 0.0, "samples": 0, "n": 0, "timed": 0, "loss": 0.0, "eps_loss": 0.0, "latent_loss": 0.0}
 
 
 def _micro_batches(shard, micro: int, cfg, state, rank: int):

@@ -1,0 +1,149 @@
+"""`deblurdiff train` end to end on the tiny preset: two CPU workers on the two-node test cluster,
+Ray Train V2 + DeepSpeed ZeRO-2 over gloo, a worker killed mid-run, --resume, export, offline W&B.
+
+The runs are shared by module fixtures (each costs a minute or two on 2 cores):
+
+- ``crashed_run``: ControlNet + LKPN trained (the paper's split; the UNet frozen) for 12 steps,
+  checkpoints every 4, world rank 1 exits hard after step 6 -> one worker-group restart from step 4;
+- ``resumed_run``: the same output dir continued with --resume to 16 steps;
+- ``overfit_run``: every tiny part trained on 4 pairs for 30 steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _train_helpers import read_jsonl, run_train, tiny_args, wandb_history
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, timeout=900):
+    proc = run_train(args, timeout=timeout)
+    assert proc.returncode == 0, f"train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def crashed_run(ray_cluster, pair_shards, tmp_path_factory):
+    train, held_out = pair_shards
+    out = tmp_path_factory.mktemp("crashed") / "run"
+    proc = _run(tiny_args(out, train, held_out, "train.max_steps=12", "train.checkpoint_every=4",
+                                   "train.validate_every=12", "model.trainable=[controlnet,lkpn]",
+                                   "testing.crash_after_step=6", "testing.crash_rank=1", "failure.max_failures=2"))
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def resumed_run(crashed_run, pair_shards):
+    out, _ = crashed_run
+    train, held_out = pair_shards
+    proc = _run([*tiny_args(out, train, held_out, "train.max_steps=16", "train.checkpoint_every=4",
+                                     "train.validate_every=16", "model.trainable=[controlnet,lkpn]"), "--resume"])
+    return out, proc
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+# ------------------------------------------------------------------------------- failure recovery
+def test_killed_worker_restarts_from_the_checkpoint_and_reaches_max_steps(crashed_run):
+    out, proc = crashed_run
+    s = _summary(out)
+    assert s["final_step"] == 12 and s["restarts"] == 1
+    assert (out / ".crash-injected").exists()  # the crash really happened
+    # Checkpoints at 4, 8, 12: none repeated, none skipped.
+    assert s["checkpoints"] == [4, 8, 12]
+    assert "step 12/12" in proc.stdout and "1 restart(s)" in proc.stdout
+
+
+def test_steps_continue_from_the_checkpoint_after_the_restart(crashed_run):
+    out, _ = crashed_run
+    rows = read_jsonl(out / "metrics.jsonl")
+    first = [r["step"] for r in rows if r["group"] == 0]
+    second = [r["step"] for r in rows if r["group"] == 1]
+    assert first[:6] == [1, 2, 3, 4, 5, 6]  # rank 1 died after step 6 (rank 0 may log one more)
+    # The restarted group resumes right after the latest checkpoint (4) and never skips a step.
+    assert second == list(range(5, 13))
+
+
+def test_frozen_parts_are_bit_identical_and_trained_parts_moved(crashed_run):
+    from deblurdiff import DeblurDiffPipeline
+
+    out, _ = crashed_run
+    s = _summary(out)
+    assert s["trainable"] == ["controlnet", "lkpn"]
+    assert s["frozen_digest_start"] == s["frozen_digest_end"]
+    assert set(s["frozen_digest_start"]) == {"vae", "unet", "null_text"}
+    trained = DeblurDiffPipeline.from_pretrained(str(out / "model"))
+    fresh = DeblurDiffPipeline.from_preset("tiny", seed=0)
+    for name in ("unet", "vae", "null_text"):
+        a, b = getattr(trained, name).state_dict(), getattr(fresh, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"frozen {name} changed"
+    for name in ("controlnet", "lkpn"):
+        a, b = getattr(trained, name).state_dict(), getattr(fresh, name).state_dict()
+        assert any(not torch.equal(a[k], b[k]) for k in a), f"trainable {name} did not change"
+
+
+def test_export_loads_with_from_pretrained_and_deblurs(crashed_run):
+    from deblurdiff import DeblurDiffPipeline
+
+    out, _ = crashed_run
+    pipe = DeblurDiffPipeline.from_pretrained(str(out / "model"))
+    image = np.random.default_rng(0).random((37, 45, 3)).astype(np.float32)
+    restored = pipe(image, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert restored.shape == (1, 37, 45, 3) and np.isfinite(restored).all()
+    assert pipe.config.trainable_components == ["controlnet", "lkpn"]
+
+
+def test_offline_wandb_run_holds_the_logged_metrics_and_the_validation_grid(crashed_run):
+    out, _ = crashed_run
+    runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert runs, f"no offline W&B run under {out / 'wandb'}"
+    rows = [row for run in runs for row in wandb_history(run)]
+    logged = {row["train/step"] for row in rows if "train/loss" in row}
+    assert set(range(7, 13)) <= logged  # every step after the restart (log_every=1)
+    for key in ("train/eps_loss", "train/latent_loss", "train/lr", "train/samples_per_s"):
+        assert any(key in row for row in rows), key
+    grids = [row for row in rows if row.get("val/grid/_type") == "image-file"]
+    assert grids and grids[-1]["train/step"] == 12
+    assert grids[-1]["val/grid/width"] == 4 * 32  # blurry | decoded ẑ | restored | sharp
+    assert any("val/latent_mse" in row and "val/blurry_latent_mse" in row for row in rows)
+    assert (out / "validation" / "step_00000012.png").is_file()
+
+
+# ------------------------------------------------------------------------------- --resume
+def test_resume_continues_a_finished_run_to_a_larger_max_steps(resumed_run):
+    out, proc = resumed_run
+    s = _summary(out)
+    assert s["resumed_from_step"] == 12 and s["final_step"] == 16 and s["restarts"] == 0
+    assert s["checkpoints"] == [16]
+    rows = read_jsonl(out / "metrics.jsonl")
+    launches = sorted({r["launch"] for r in rows})
+    assert len(launches) == 2
+    assert [r["step"] for r in rows if r["launch"] == launches[1]] == [13, 14, 15, 16]
+
+
+# ------------------------------------------------------------------------------- learning
+@pytest.fixture(scope="module")
+def overfit_run(ray_cluster, pair_shards, tmp_path_factory):
+    """Every tiny part trained on the same 4 held-out pairs it is validated on."""
+    _, held_out = pair_shards
+    out = tmp_path_factory.mktemp("overfit") / "run"
+    _run(tiny_args(out, held_out, held_out, "train.max_steps=30", "train.checkpoint_every=30",
+                            "train.validate_every=30", "train.lr=2e-3", "data.shuffle_buffer=0"))
+    return out
+
+
+def test_loss_falls_when_overfitting_a_few_pairs(overfit_run):
+    rows = [r for r in read_jsonl(overfit_run / "metrics.jsonl") if "train/loss" in r]
+    losses = [r["train/loss"] for r in rows]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
