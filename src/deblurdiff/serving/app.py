@@ -183,7 +183,13 @@ class DeblurIngress:
 
     async def _info(self) -> dict:
         if self._model_info is None:
-            self._model_info = await self._model.info.remote()
+            try:
+                self._model_info = await self._model.info.remote()
+            except BackPressureError:
+                raise ApiError(503, "overloaded", "server overloaded: the request queue is full; retry later") from None
+            except Exception as exc:  # noqa: BLE001 - no model replica (yet): transient
+                raise ApiError(503, "model_unavailable",
+                               f"model deployment unavailable ({type(exc).__name__}); retry later") from None
         return self._model_info
 
     # ---------------------------------------------------------------- routes
@@ -245,6 +251,8 @@ class DeblurIngress:
         try:
             rgb = await asyncio.to_thread(decode_rgb, data, max_pixels=limits.max_pixels)
         except ImageDecodeError as exc:
+            if "too many pixels" in str(exc):  # Pillow's own bomb guard (max_pixels set above it)
+                raise ApiError(413, "too_many_pixels", f"image: {exc}") from None
             raise ApiError(400, "invalid_image", f"image: not a decodable image: {exc}") from None
         job = {"image": rgb, "steps": params.steps, "sampler": params.sampler, "seed": params.seed,
                "tile": params.tile, "kernel_map": kernel_map}
