@@ -23,7 +23,8 @@ fields, the model takes ``max_batch_size`` / ``batch_wait_timeout_s`` (``max_bat
 batching off).
 """
 
-
+# No `from __future__ import annotations` here: FastAPI must resolve the route annotations (Request)
+# on the class that serve.ingress builds, and string annotations do not resolve there.
 import asyncio
 import logging
 import time
@@ -329,8 +330,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                                   batch_wait_timeout_s=cfg.batch_wait_timeout_s).model_dump(),
     ).bind(cfg.model, device)
     ingress = DeblurIngress.options(
-        autoscaling_config={"min_replicas": max(1, min(cfg.min_replicas, 1)),
-                            "max_replicas": max(1, cfg.max_replicas), "target_ongoing_requests": 100},
+        # Light work per request; always one replica up (it answers 503 while the model scales from 0).
+        autoscaling_config={"min_replicas": 1, "max_replicas": cfg.max_replicas, "target_ongoing_requests": 100},
         user_config=cfg.limits().model_dump(),
     )
     return ingress.bind(model)
