@@ -330,7 +330,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
                                   batch_wait_timeout_s=cfg.batch_wait_timeout_s).model_dump(),
     ).bind(cfg.model, device)
     ingress = DeblurIngress.options(
-        # Light work per request; always one replica up (it answers 503 while the model scales from 0).
+        # Light work per request; always one replica up, even when the model scales to 0 (requests then
+        # wait for a model replica to start, within request_timeout_s).
         autoscaling_config={"min_replicas": 1, "max_replicas": cfg.max_replicas, "target_ongoing_requests": 100},
         user_config=cfg.limits().model_dump(),
     )
