@@ -46,8 +46,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, on_gpu: bool, bf16: bool
             "reduce_bucket_size": cfg.deepspeed.reduce_bucket_size,
             "allgather_bucket_size": cfg.deepspeed.reduce_bucket_size,
         },
-        # bf16: the engine holds bf16 weights and keeps fp32 master weights in the (sharded) optimiser.
-        "bf16": {"enabled": bf16},
+        # bf16 as torch autocast: the trainable weights stay fp32 and the forward runs under
+        # torch.autocast(bf16). (DeepSpeed's "bf16" mode instead casts the weights to bf16 and turns
+        # autocast off inside the engine, so the fp32 latents and timestep embeddings met bf16
+        # weights: "mat1 and mat2 must have the same dtype" on the H100.)
+        "torch_autocast": {"enabled": bf16, "dtype": "bfloat16"},
         # Our optimiser is torch's AdamW (fused on CUDA); DeepSpeed's ZeRO wraps it.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,  # we log ourselves
@@ -78,8 +81,8 @@ def full_fp32_state_dict(engine) -> dict[str, torch.Tensor]:
     """The trainable module's full state in fp32 on CPU, gathered from the ZeRO shards.
 
     COLLECTIVE: every rank must call it (each parameter's fp32 master copy is assembled with an
-    all-reduce over the data-parallel group). Under bf16 the module's own weights are bf16 copies,
-    so the optimiser's fp32 masters are the weights to export.
+    all-reduce over the data-parallel group). The fp32 masters are the weights to export (the
+    module's own weights are fp32 too under torch_autocast).
     """
     from deepspeed.utils import safe_get_full_fp32_param
 
