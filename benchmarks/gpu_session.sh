@@ -10,8 +10,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
+ONLY=${ONLY:-}  # e.g. ONLY="gpu_tests bench_train" runs just those steps
 step() {  # step NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   echo "=== $name (<= ${secs}s)"; local t0=$SECONDS
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "--- $name rc=$rc in $((SECONDS - t0))s"; tail -n 40 "$OUT/$name.log"
@@ -22,6 +24,6 @@ step gpu_tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops tes
 # 2. benchmarks (each prints a table)
 step bench_eac 90 python3 benchmarks/eac.py --skip-cpu
 step bench_inference 150 python3 benchmarks/inference.py --gpu-only --quick --budget-s 120
-step bench_train 60 python3 benchmarks/train_step.py --gpu-only --quick
+step bench_train 300 python3 benchmarks/train_step.py --gpu-only --quick
 step bench_blur 60 python3 benchmarks/blur_synthesis.py --images 4 --repeats 1
 echo "=== done"
