@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def connect(address: str | None = None, **init_kwargs):
-    """``ray.init`` against ``address`` (or ``RAY_ADDRESS``), or a new local instance when neither."""
+    """``ray.init`` against ``address`` (or ``RAY_ADDRESS``; ``"auto"`` finds a cluster started on this
+    machine with ``ray start``), or a new local instance when neither is given."""
     import ray
 
     if ray.is_initialized():
@@ -21,11 +22,14 @@ def connect(address: str | None = None, **init_kwargs):
     address = address or os.environ.get("RAY_ADDRESS") or None
     init_kwargs.setdefault("logging_level", logging.WARNING)
     init_kwargs.setdefault("log_to_driver", True)
-    if address is None:
-        # A local instance: no dashboard unless asked (it costs seconds on 2 cores), no usage stats.
+    if address is None or address == "local":
+        # "local", not None: ray.init(address=None) would silently join any `ray start` cluster
+        # listed in /tmp/ray/ray_current_cluster. A cluster is used only when it is named.
+        # No dashboard unless asked (it costs seconds on 2 cores), no usage stats.
+        address = "local"
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         init_kwargs.setdefault("include_dashboard", False)
-    logger.info("connecting to Ray at %s", address or "a new local instance")
+    logger.info("connecting to Ray at %s", address)
     return ray.init(address=address, **init_kwargs)
 
 

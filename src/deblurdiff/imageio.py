@@ -126,14 +126,18 @@ def read_rgb(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     return decode_rgb(data, max_pixels=max_pixels)
 
 
-def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
-    """Encode ``(H, W, 3)`` uint8 RGB as PNG (lossless), JPEG or WebP bytes."""
+def encode_image(array: np.ndarray, fmt: str = "png", quality: int = 95, compress_level: int = 6) -> bytes:
+    """Encode ``(H, W, 3)`` uint8 RGB as PNG (lossless), JPEG or WebP bytes.
+
+    ``compress_level`` (PNG only, 0-9) trades size for speed; every level is lossless and
+    deterministic (level 1 is ~4× faster than 6 for ~10 % more bytes).
+    """
     key = fmt.lower()
     if key not in _ENCODE_FORMATS:
         raise ValueError(f"format must be one of png, jpeg, webp; got {fmt!r}")
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected a (H, W, 3) uint8 array, got {array.shape} {array.dtype}")
     buf = io.BytesIO()
-    kwargs = {"quality": quality} if key != "png" else {"compress_level": 6}
+    kwargs = {"quality": quality} if key != "png" else {"compress_level": compress_level}
     Image.fromarray(array, "RGB").save(buf, format=_ENCODE_FORMATS[key], **kwargs)
     return buf.getvalue()

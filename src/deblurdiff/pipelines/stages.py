@@ -92,12 +92,17 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# PNG encoding was 55-76 % of the synthesis actors' CPU at level 6; level 1 is ~4x faster for ~10 %
+# more bytes, and just as lossless and deterministic.
+SHARD_PNG_LEVEL = 1
+
+
 def encode_sample(sharp_u8: np.ndarray, blurry_u8: np.ndarray, kernel: np.ndarray, meta: dict) -> dict[str, bytes]:
     """The WebDataset members of one sample (DESIGN §3). PNG at a fixed compression level and
     key-sorted JSON, so equal inputs give equal bytes."""
     return {
-        "blur.png": encode_image(blurry_u8, "png"),
+        "blur.png": encode_image(blurry_u8, "png", compress_level=SHARD_PNG_LEVEL),
         "kernel.npy": _npy_bytes(kernel),
         "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-        "sharp.png": encode_image(sharp_u8, "png"),
+        "sharp.png": encode_image(sharp_u8, "png", compress_level=SHARD_PNG_LEVEL),
     }
