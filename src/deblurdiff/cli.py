@@ -29,9 +29,30 @@ COMMAND_MODULES = [
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse prints the whole usage block on error; we print one line naming the problem."""
+    """argparse prints the whole usage block on error; we print one line naming the problem.
+
+    A mistyped flag is named even when argparse would first complain about a missing required
+    argument (``deblurdiff deblur --modle x`` says ``--modle``, not "--model is required").
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_flags(self) -> list[str]:
+        flags = []
+        for token in getattr(self, "_seen_args", []):
+            if token == "--":
+                break
+            if (token.startswith("-") and token != "-" and not self._negative_number_matcher.match(token)
+                    and token.split("=", 1)[0] not in self._option_string_actions):
+                flags.append(token)
+        return flags
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        unknown = self._unknown_flags()
+        if unknown and "unrecognized arguments" not in message:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
