@@ -21,7 +21,7 @@ def check_model_dir(path: str | Path, flag: str = "--model") -> str:
     if not p.is_dir():
         raise UsageError(f"{flag} {path}: not a directory (expected a pipeline saved with save_pretrained)")
     if not (p / "model_index.json").is_file():
-        raise UsageError(f"{flag} {path}: not a pipeline directory (no model_index.json; "
+        raise UsageError(f"{flag} {path}: not a DeblurDiff pipeline directory (no model_index.json; "
                          "expected the output of DeblurDiffPipeline.save_pretrained or deblurdiff train)")
     return str(p.resolve())
 

@@ -64,9 +64,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = Path(args.model)
-    if not (model / "model_index.json").is_file():
-        raise UsageError(f"--model {args.model}: not a DeblurDiff pipeline directory (no model_index.json)")
+    from deblurdiff.model_dir import check_model_dir, load_pipeline
+
+    check_model_dir(args.model)
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     files, skipped = collect_inputs(args.inputs)
@@ -74,14 +74,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from deblurdiff import DeblurDiffPipeline
     from deblurdiff.imageio import ImageDecodeError, encode_image, read_rgb
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        pipe = DeblurDiffPipeline.from_pretrained(str(model)).to(device)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"--model {args.model}: cannot load the pipeline ({str(exc).splitlines()[0]})") from exc
+    pipe = load_pipeline(args.model, device=str(device))
     if args.tile is not None and (args.tile <= 0 or args.tile % pipe.pad_multiple):
         raise UsageError(f"--tile must be a positive multiple of {pipe.pad_multiple}, got {args.tile}")
     pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per image

@@ -24,25 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from deblurdiff.errors import UsageError
+from deblurdiff.model_dir import check_model_dir  # one check for every --model (re-exported)
 
 __all__ = ["APP_NAME", "ServeRunner", "check_model_dir"]
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "deblurdiff"
-
-
-def check_model_dir(path: str | Path, flag: str = "--model") -> str:
-    """A pipeline directory (``save_pretrained`` output) or a UsageError naming the problem."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{flag} {path}: no such directory")
-    if not p.is_dir():
-        raise UsageError(f"{flag} {path}: not a directory (expected a pipeline saved with save_pretrained)")
-    if not (p / "model_index.json").is_file():
-        raise UsageError(f"{flag} {path}: not a pipeline directory (no model_index.json; "
-                         "expected the output of DeblurDiffPipeline.save_pretrained or deblurdiff train)")
-    return str(p.resolve())
 
 
 def _port_free(host: str, port: int) -> bool:
