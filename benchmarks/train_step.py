@@ -11,8 +11,8 @@ samples/s is the steady state (the first logging window, with warm-up, is left o
 GPU (CUDA only, one process, no Ray): ``sd21`` random-init at 512x512 (timings do not depend on the
 weights), per-GPU batch 8, the recipe's own ``micro_step``:
 - fp32 eager baseline: plain AdamW, fp32 everywhere, no gradient checkpointing;
-- ours: DeepSpeed ZeRO-2 (single rank), bf16 (frozen parts bf16, fp32 master weights), with and
-  without gradient checkpointing.
+- ours: DeepSpeed ZeRO-2 (single rank), bf16 autocast (fp32 trainable weights, frozen parts stored
+  bf16), with and without gradient checkpointing; plus bf16 eager, to separate bf16 from DeepSpeed.
 Peak memory is ``torch.cuda.max_memory_allocated``. Target on one H200: >= 8 samples/s.
 """
 
@@ -152,6 +152,7 @@ def gpu_table(quick: bool, batch_size: int = 8, size: int = 512) -> str:
     device = torch.device("cuda")
     warmup, steps = (2, 4) if quick else (3, 10)
     base = [f"run.output_dir={tempfile.mkdtemp()}", "data.shards=unused", "model.preset=sd21", "model.random_init=true",
+            "train.max_steps=1",
             "scaling.workers=1", f"train.batch_size={batch_size}", f"data.crop={size}"]
     rows: list[tuple] = []
     g = torch.Generator(device).manual_seed(0)
@@ -162,23 +163,27 @@ def gpu_table(quick: bool, batch_size: int = 8, size: int = 512) -> str:
     cfg32 = load_config(None, TrainConfig, [*base, "train.precision=fp32", "train.gradient_checkpointing=false"])
     pipe = build_pipeline(cfg32, device=device)
 
-    # 1. fp32 eager baseline
-    try:
-        pipe, model, _ = prepare_model(cfg32, device, bf16=False, gradient_checkpointing=False, pipe=pipe)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-        context = pipe.null_text_embedding(batch_size).to(device)
-        sps, dt, mem = _time_steps(_EagerEngine(model, opt), pipe, batch, context, bf16=False, warmup=warmup,
-                                   steps=steps)
-        rows.append(("fp32 eager (AdamW), no ckpt", f"{sps:.2f}", f"{dt:.3f}", f"{mem:.1f}"))
-    except torch.OutOfMemoryError:
-        rows.append(("fp32 eager (AdamW), no ckpt", "OOM", "-", "> device"))
-    finally:
+    # 1. eager baselines (plain AdamW, no DeepSpeed, no checkpointing): fp32, then bf16 autocast
+    for precision in ("fp32", "bf16"):
+        label = f"{precision} eager (AdamW), no ckpt" + (" [baseline]" if precision == "fp32" else "")
+        bf16 = precision == "bf16"
         opt = None
-        for p in pipe.components.values():
-            if isinstance(p, torch.nn.Module):
-                p.zero_grad(set_to_none=True)
-        gc.collect()
-        torch.cuda.empty_cache()
+        try:
+            pipe, model, _ = prepare_model(cfg32, device, bf16=bf16, gradient_checkpointing=False, pipe=pipe)
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+            context = pipe.null_text_embedding(batch_size).to(device, torch.bfloat16 if bf16 else torch.float32)
+            sps, dt, mem = _time_steps(_EagerEngine(model, opt), pipe, batch, context, bf16=bf16, warmup=warmup,
+                                       steps=steps)
+            rows.append((label, f"{sps:.2f}", f"{dt:.3f}", f"{mem:.1f}"))
+        except torch.OutOfMemoryError:
+            rows.append((label, "OOM", "-", "> device"))
+        finally:
+            del opt
+            for p in pipe.components.values():
+                if isinstance(p, torch.nn.Module):
+                    p.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
 
     # 2. ours: DeepSpeed ZeRO-2 + bf16, gradient checkpointing on, then off (same engine)
     try:

@@ -69,7 +69,7 @@ def test_micro_batch_is_global_batch_over_workers_and_accumulation():
     assert micro_batch_size(cfg) == 4
     ds = deepspeed_config(cfg, world_size=2, on_gpu=False, bf16=False)
     assert ds["train_batch_size"] == 16 == ds["train_micro_batch_size_per_gpu"] * 2 * ds["gradient_accumulation_steps"]
-    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is False
+    assert ds["zero_optimization"]["stage"] == 2 and ds["torch_autocast"]["enabled"] is False
     assert ds["zero_optimization"]["overlap_comm"] is False  # auto: GPU only
 
 

@@ -71,6 +71,9 @@ def test_steps_continue_from_the_checkpoint_after_the_restart(crashed_run):
     assert first[:6] == [1, 2, 3, 4, 5, 6]  # rank 1 died after step 6 (rank 0 may log one more)
     # The restarted group resumes right after the latest checkpoint (4) and never skips a step.
     assert second == list(range(5, 13))
+    # Validation (validate_every=12) lands on the last step's row, beside the training metrics.
+    last = [r for r in rows if r["group"] == 1][-1]
+    assert {"train/loss", "val/latent_mse", "val/blurry_latent_mse", "val/psnr_restored"} <= set(last)
 
 
 def test_frozen_parts_are_bit_identical_and_trained_parts_moved(crashed_run):

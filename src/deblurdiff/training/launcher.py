@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deblurdiff.errors import UsageError
-from deblurdiff.training.config import TrainConfig, check_config
+from deblurdiff.training.config import TrainConfig, check_config, micro_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,13 @@ def _datasets(cfg: TrainConfig, r: Resources):
                                 synth_cpus=r.synth_cpus, use_gpu=False)
 
     train = source(cfg.data.shards, cfg.data.images)
+    if cfg.data.cache:
+        train = train.materialize()  # held by this driver; worker restarts do not lose it
+        pairs, needed = train.count(), cfg.scaling.workers * micro_batch_size(cfg)
+        logger.info("data.cache: %d pairs in the object store", pairs)
+        if pairs < needed:
+            raise UsageError(f"data: {pairs} pairs are fewer than one micro-batch per worker ({needed} = "
+                             f"scaling.workers x micro-batch); add data or lower train.batch_size")
     held_out = cfg.data.validation_shards is not None or cfg.data.validation_images is not None
     val = source(cfg.data.validation_shards, cfg.data.validation_images) if held_out else train
     rows = val.take(cfg.data.validation_pairs)
@@ -132,6 +139,13 @@ def _run_events_actor():
         def record_step(self, step: int, metrics: dict | None):
             self.steps.append({"step": step, "group": len(self.groups) - 1, "time": time.time(),
                                **(metrics or {})})
+
+        def record_metrics(self, step: int, metrics: dict):
+            """Extra metrics of an already recorded step (validation runs after the step's record)."""
+            for row in reversed(self.steps):
+                if row["step"] == step and row["group"] == len(self.groups) - 1:
+                    row.update(metrics)
+                    return
 
         def record_checkpoint(self, step: int, name: str):
             self.checkpoints.append({"step": step, "name": name, "group": len(self.groups) - 1})
@@ -196,14 +210,25 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
     )
     try:
         result = trainer.fit()
-    finally:
+    except Exception as exc:
+        # Still leave a summary: how far it got and why it stopped (the CLI exits 1 with the error).
         record = ray.get(events.snapshot.remote())
         _append_metrics(out / "metrics.jsonl", record, launch_time=started)
+        steps = [row["step"] for row in record["steps"]]
+        atomic_write_text(out / "summary.json", json.dumps({
+            "status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "last_step": max(steps, default=None), "max_steps": cfg.train.max_steps,
+            "restarts": max(0, len(record["groups"]) - 1), "checkpoints": [c["step"] for c in record["checkpoints"]],
+            "wall_s": round(time.time() - started, 2)}, indent=2))
+        raise
+    record = ray.get(events.snapshot.remote())
+    _append_metrics(out / "metrics.jsonl", record, launch_time=started)
 
     # 4. Summary: summary.json + one line.
     final = result.return_value or {}
     restarts = max(0, len(record["groups"]) - 1)
     summary = {
+        "status": "finished",
         "final_step": final.get("final_step"),
         "max_steps": cfg.train.max_steps,
         "restarts": restarts,

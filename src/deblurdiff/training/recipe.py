@@ -5,7 +5,7 @@ Read top to bottom; the numbered steps are the algorithm (DESIGN §1, "Training"
     loss = MSE(eps_pred, eps) + λ · MSE(ẑ, z_0),   t ~ U{0..999},   empty-prompt context
 
 The trainable parts (ControlNet + LKPN; the tiny preset also its UNet) are ONE ``nn.Module``
-(``CoTrainingModule``) inside a DeepSpeed engine (ZeRO, bf16 on GPU, clipping, accumulation); the
+(``CoTrainingModule``) inside a DeepSpeed engine (ZeRO, bf16 autocast on GPU, clipping, accumulation); the
 frozen VAE / UNet / empty-prompt embedding stay outside it, in eval mode, without gradients.
 
 Everything comes from ``config`` (built by ``launcher.py``): the validated TrainConfig as a dict,
@@ -94,6 +94,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                                  seed=cfg.run.seed, bf16=bf16)
         model.train()
         if rank == 0:
+            events.record_metrics.remote(state.step, metrics)
             tracker.log(metrics, state.step)
             tracker.log_image("val/grid", grid, state.step,
                               caption="blurry | decoded ẑ | restored | sharp")
@@ -182,8 +183,8 @@ def prepare_model(cfg, device: torch.device, *, bf16: bool, gradient_checkpointi
 
     Returns (pipe, CoTrainingModule in train mode, {name: frozen module}). Frozen parts (VAE, the
     empty-prompt embedding, and the UNet unless the preset trains it) are in eval mode without
-    gradients, in bf16 when training in bf16 (they need no fp32 master copy); DeepSpeed casts the
-    trainable parts itself.
+    gradients, stored in bf16 when training in bf16 (they need no fp32 copy). The trainable parts stay
+    fp32 (bf16 compute comes from autocast, see ``deepspeed_config``).
     """
     from deblurdiff.models import CoTrainingModule
     from deblurdiff.training.export import build_pipeline
@@ -224,6 +225,7 @@ def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: t
     t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (z_0.shape[0],), generator=generator)
     eps = torch.randn(z_0.shape, generator=generator)
     # c. forward: x_t = q(z_0, t, eps); LKPN + EAC -> ẑ; ControlNet(x_t, [z_b, ẑ]); UNet -> eps_pred
+    #    (bf16: autocast over fp32 trainable weights; the engine's torch_autocast says the same)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         terms = engine(z_0, z_b, eps.to(device), t.to(device), context)
     # d. backward + step: DeepSpeed reduces (ZeRO-2: reduce-scatters) the gradients over the ranks,
