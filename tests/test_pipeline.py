@@ -168,3 +168,24 @@ def test_bad_arguments_raise_clear_errors(pipe, kwargs, match):
 def test_bad_images_raise_clear_errors(pipe, image, match):
     with pytest.raises(ValueError, match=match):
         run(pipe, image)
+
+
+@pytest.mark.gpu
+def test_tiny_on_cuda_matches_cpu(pipe, tmp_path):
+    image = photo(24, 28)
+    cpu = run(pipe, image, output_type="np", sampler="dpmpp").images
+    pipe.save_pretrained(tmp_path)
+    gpu = DeblurDiffPipeline.from_pretrained(tmp_path).to("cuda")
+    gpu.set_progress_bar_config(disable=True)
+    out = run(gpu, image, output_type="np", sampler="dpmpp").images  # CPU generator: same draws
+    np.testing.assert_allclose(out, cpu, atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_sd21_architecture_runs_on_cuda_in_bf16():
+    pipe = DeblurDiffPipeline.from_preset("sd21", random_init=True, device="cuda", torch_dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(photo(100, 130), num_inference_steps=2, sampler="dpmpp", output_type="np",
+               generator=torch.Generator().manual_seed(0), tile_size=64, return_intermediates=True)
+    assert out.images.shape == (1, 100, 130, 3) and np.isfinite(out.images).all()
+    assert out.kernels[0].shape == (1, 100, 13, 17)  # C·k² = 100 kernel channels at latent resolution

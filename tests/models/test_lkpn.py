@@ -56,3 +56,19 @@ def test_save_load_round_trip(tmp_path):
     assert again.config.kernel_size == 5
     z_b, x_t, t, ctx = inputs()
     assert torch.equal(lkpn(z_b, x_t, t, ctx).z_hat, again(z_b, x_t, t, ctx).z_hat)
+
+
+def test_zero_sum_kernels_only_sharpen():
+    lkpn = LKPN(latent_channels=3, kernel_size=5, block_out_channels=(16, 32),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                attention_heads=2, cross_attention_dim=8, norm_num_groups=8, zero_sum_kernels=True)
+    torch.nn.init.normal_(lkpn.unet.conv_out.weight, std=0.05)
+    torch.nn.init.normal_(lkpn.unet.conv_out.bias, std=0.5)
+    _, x_t, t, ctx = inputs()
+    flat = torch.full((2, 3, 12, 16), 0.7)
+    out = lkpn(flat, x_t, t, ctx)
+    torch.testing.assert_close(out.kernels.view(2, 3, 25, 12, 16).sum(2), torch.zeros(2, 3, 12, 16),
+                               rtol=0, atol=1e-5)
+    # Away from the zero-padded border a flat latent stays exactly as bright as it was.
+    torch.testing.assert_close(out.z_hat[..., 2:-2, 2:-2], flat[..., 2:-2, 2:-2], rtol=0, atol=1e-5)

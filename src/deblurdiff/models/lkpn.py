@@ -35,6 +35,11 @@ class LKPN(ModelMixin, ConfigMixin):
     multipliers (1, 2, 4, 4), 2 res blocks per level, cross-attention at the three highest
     resolutions and the middle block with head dim 64, context 1024, linear projections.
     ``attention_heads`` is the number of heads per level (channels / 64 for head dim 64).
+
+    ``zero_sum_kernels`` (off in the paper; on in the tiny preset) removes each kernel's mean over its
+    k² taps, so ``ẑ − z_b`` is a pure high-pass correction: EAC sharpens but cannot change the local
+    brightness of z_b. A freshly trained small LKPN otherwise spends its first minutes on noisy
+    per-pixel gains (Σ K ≠ 0) that fit the training photos' brightness and hurt on new ones.
     """
 
     @register_to_config
@@ -54,6 +59,7 @@ class LKPN(ModelMixin, ConfigMixin):
         cross_attention_dim: int = 1024,
         use_linear_projection: bool = True,
         norm_num_groups: int = 32,
+        zero_sum_kernels: bool = False,
     ):
         super().__init__()
         if kernel_size % 2 != 1:
@@ -92,6 +98,10 @@ class LKPN(ModelMixin, ConfigMixin):
         kernels = self.unet(  # (B, C·k², h, w)
             torch.cat([z_blur, x_t], dim=1), timestep, encoder_hidden_states=encoder_hidden_states
         ).sample
+        if self.config.zero_sum_kernels:
+            b, _, h, w = kernels.shape
+            taps = kernels.view(b, self.config.latent_channels, -1, h, w)  # (B, C, k², h, w)
+            kernels = (taps - taps.mean(dim=2, keepdim=True)).view(b, -1, h, w)
         # EAC sums k² products per pixel: run it in fp32 even when the networks run in bf16/fp16.
         z_hat = ops.eac(z_blur.float(), kernels.float(), self.config.kernel_size).to(z_blur.dtype) + z_blur
         if not return_dict:
