@@ -94,7 +94,7 @@ def _post_image(url: str, data: bytes, timeout: float = 300) -> tuple[int, bytes
         return response.status, response.read()
 
 
-def run_demo(output: str | Path, *, max_steps: int = 300, workers: int = 2, steps: int = 20,
+def run_demo(output: str | Path, *, max_steps: int = 300, workers: int = 2, steps: int = 10,
              port: int = 0) -> dict:
     """Run the quickstart into ``output``; returns the report (also ``output/report.json``)."""
     import ray
@@ -178,6 +178,7 @@ def run_demo(output: str | Path, *, max_steps: int = 300, workers: int = 2, step
         "ssim_restored": evaluation["ssim_restored"],
         "blurry_latent_mse": evaluation["blurry_latent_mse"],
         "lkpn_latent_mse": evaluation["lkpn_latent_mse"],
+        "lkpn_latent_mse_sampling": evaluation["lkpn_latent_mse_sampling"],
         "lkpn_learned": evaluation["lkpn_latent_mse"] < evaluation["blurry_latent_mse"],
         "train": {"final_step": train_summary["final_step"], "workers": workers,
                   "last_metrics": train_summary["last_metrics"]},

@@ -3,7 +3,9 @@
 Pairs come from WebDataset shards written by ``deblurdiff synth`` (members ``blur.png`` /
 ``sharp.png``) or from two folders ``blur/`` and ``sharp/`` whose files share a name stem. Metrics:
 PSNR and SSIM (kornia) for the blurry input and the restored output; the latent errors the method is
-about — MSE(z_b, z_0) and MSE(ẑ, z_0), ẑ averaged over the denoising steps of the real inference run;
+about — MSE(z_b, z_0) and MSE(ẑ, z_0), with ẑ as the training objective defines it (x_t noised from
+z_0 at fixed timesteps, ``lkpn_latent_mse``) and as the real sampling run produces it (averaged over
+its steps, ``lkpn_latent_mse_sampling``);
 LPIPS only when its weights are on this machine (never downloaded), else reported as skipped.
 
 Outputs: the summary JSON at ``--output``, a per-image CSV beside it (``<stem>.csv``) and a contact
@@ -135,19 +137,31 @@ def _lpips_status() -> str:
 
 @torch.no_grad()
 def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list[torch.Tensor],
-                   generator: torch.Generator) -> tuple[float, float]:
-    """MSE(z_b, z_0) and mean over steps of MSE(ẑ, z_0), on the image's latent extent."""
+                   generator: torch.Generator) -> tuple[float, float, float]:
+    """On the image's latent extent: MSE(z_b, z_0); MSE(ẑ, z_0) as the training objective defines ẑ
+    (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training recipe);
+    and MSE(ẑ, z_0) averaged over the steps of the real sampling run (x_t from the sampler)."""
+    from deblurdiff.models import predict_noise
     from deblurdiff.pipeline import _pad_to_multiple  # the pipeline's own padding, so latents line up
+    from deblurdiff.training.validation import VAL_TIMESTEPS
 
-    device = pipe._execution_device
+    device, dtype = pipe._execution_device, pipe.unet.dtype
     m = pipe.pad_multiple
-    z_b = pipe.encode(_pad_to_multiple(blurry.to(device), m), blurry=True, generator=generator).cpu()
-    z_0 = pipe.encode(_pad_to_multiple(sharp.to(device), m), generator=generator).cpu()
+    z_b = pipe.encode(_pad_to_multiple(blurry.to(device), m), blurry=True, generator=generator)
+    z_0 = pipe.encode(_pad_to_multiple(sharp.to(device), m), generator=generator)
+    context = pipe.null_text_embedding(1).to(device, dtype)
+    objective = []
+    for t in VAL_TIMESTEPS:
+        eps = torch.randn(z_0.shape, generator=generator).to(device)
+        timesteps = torch.full((1,), t, device=device, dtype=torch.long)
+        x_t = pipe.scheduler.add_noise(z_0, eps, timesteps)
+        pred = predict_noise(pipe.unet, pipe.controlnet, pipe.lkpn, x_t.to(dtype), timesteps, z_b.to(dtype), context)
+        objective.append(float(torch.mean((pred.z_hat.float() - z_0) ** 2)))
     lh, lw = z_hats[0].shape[-2:]
-    z_b, z_0 = z_b[..., :lh, :lw], z_0[..., :lh, :lw]
+    z_b, z_0 = z_b.cpu()[..., :lh, :lw], z_0.cpu()[..., :lh, :lw]
     blurry_mse = float(torch.mean((z_b - z_0) ** 2))
-    lkpn_mse = float(np.mean([float(torch.mean((z - z_0) ** 2)) for z in z_hats]))
-    return blurry_mse, lkpn_mse
+    sampling_mse = float(np.mean([float(torch.mean((z - z_0) ** 2)) for z in z_hats]))
+    return blurry_mse, float(np.mean(objective)), sampling_mse
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -211,13 +225,14 @@ def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int = 20, sam
         out = pipe(blurry, num_inference_steps=steps, sampler=sampler, generator=generator,
                    output_type="pt", return_intermediates=True)
         restored = out.images.float().cpu()  # (1, 3, H, W)
-        blurry_mse, lkpn_mse = _latent_errors(pipe, blurry, sharp, out.z_hat,
-                                              torch.Generator().manual_seed(seed))
+        blurry_mse, lkpn_mse, sampling_mse = _latent_errors(pipe, blurry, sharp, out.z_hat,
+                                                            torch.Generator().manual_seed(seed))
         rows.append({
             "key": item.key, "width": item.sharp.shape[1], "height": item.sharp.shape[0],
             "psnr_blurry": _psnr(blurry, sharp), "psnr_restored": _psnr(restored, sharp),
             "ssim_blurry": _ssim(blurry, sharp), "ssim_restored": _ssim(restored, sharp),
             "blurry_latent_mse": blurry_mse, "lkpn_latent_mse": lkpn_mse,
+            "lkpn_latent_mse_sampling": sampling_mse,
         })
         if len(sheet) < sheet_rows:
             restored_u8 = (restored[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                     "one request, and write report.json + before_after.png. About 10-15 min on 2 cores.")
     parser.add_argument("--output", default="demo-output", help="directory to write into (default demo-output)")
     parser.add_argument("--max-steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps for evaluation and deblurring")
+    parser.add_argument("--steps", type=int, default=10, help="sampler steps for evaluation and deblurring")
     parser.set_defaults(func=run)
 
 
