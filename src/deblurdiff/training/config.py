@@ -78,6 +78,7 @@ class TrainSection(Section):
     keep_checkpoints: int | None = Field(3, ge=1)  # newest N kept (None: all)
     validate_every: int = Field(0, ge=0)  # validation metrics + image grid every N steps (0: at the end)
     validation_steps: int = Field(10, ge=1)  # sampler steps for the restored image in the grid
+    validate_at_start: bool = False  # also validate the untrained model (a fresh run's step-0 baseline)
 
 
 class ScalingSection(Section):

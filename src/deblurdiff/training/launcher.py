@@ -146,6 +146,8 @@ def _run_events_actor():
                 if row["step"] == step and row["group"] == len(self.groups) - 1:
                     row.update(metrics)
                     return
+            # No step record (validation before the first step): a row of its own.
+            self.steps.append({"step": step, "group": len(self.groups) - 1, "time": time.time(), **metrics})
 
         def record_checkpoint(self, step: int, name: str):
             self.checkpoints.append({"step": step, "name": name, "group": len(self.groups) - 1})

@@ -88,10 +88,12 @@ def train_loop_per_worker(config: dict) -> dict | None:
     val_sharp, val_blurry = (torch.tensor(a) for a in config["validation"])  # (N, 3, H, W), copied
     batches = _micro_batches(ray.train.get_dataset_shard("train"), micro, cfg, state, rank)
 
+    val_metrics: dict = {}
+
     def run_validation():
         model.eval()
         metrics, grid = validate(pipe, val_sharp, val_blurry, steps=cfg.train.validation_steps,
-                                 seed=cfg.run.seed, bf16=bf16)
+                                 seed=cfg.run.seed, bf16=bf16, latent_weight=cfg.train.latent_weight)
         model.train()
         if rank == 0:
             events.record_metrics.remote(state.step, metrics)
@@ -101,11 +103,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
             _save_png(Path(cfg.run.output_dir, "validation", f"step_{state.step:08d}.png"), grid)
         return metrics
 
+    if cfg.train.validate_at_start and state.step == 0:
+        val_metrics = run_validation()  # the untrained baseline, logged at step 0
+
     # 4. The loop: one iteration = one optimiser step = grad_accum micro-batches on every rank.
     window = _new_window()
     first_step = True
     last_metrics: dict = {}
-    val_metrics: dict = {}
     while state.step < cfg.train.max_steps:
         started = time.perf_counter()
         for _ in range(cfg.train.grad_accum):

@@ -4,7 +4,8 @@ Metrics (all on the held-out pairs, deterministic for a given seed):
 
 - ``val/latent_mse`` = MSE(ẑ, z_0) averaged over fixed timesteps, beside ``val/blurry_latent_mse`` =
   MSE(z_b, z_0): the LKPN has learned something useful once the first is below the second;
-- ``val/loss``, ``val/eps_loss``: the co-training loss terms at the same timesteps and noise;
+- ``val/loss``, ``val/eps_loss``: the co-training loss terms (``models.training_step``) at the same
+  timesteps and noise (``eps_loss`` is the v-MSE for v-prediction presets);
 - ``val/psnr_restored`` vs ``val/psnr_blurry``: the pipeline's output against the sharp image.
 
 The grid has one row per pair: blurry | decoded ẑ (last sampling step) | restored | sharp.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deblurdiff.models import deblurdiff_loss, predict_noise
+from deblurdiff.models import training_step
 
 __all__ = ["VAL_TIMESTEPS", "validate"]
 
@@ -33,8 +34,8 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int,
-             bf16: bool = False) -> tuple[dict[str, float], np.ndarray]:
+def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int, bf16: bool = False,
+             latent_weight: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
     """sharp, blurry: (N, 3, H, W) float in [0, 1]. Returns (metrics, grid (N·H, 4·W, 3) uint8)."""
     device = pipe.unet.device
     dtype = pipe.unet.dtype
@@ -48,16 +49,14 @@ def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, see
     z_b = pipe.encode(blurry, blurry=True, generator=g)
     context = pipe.null_text_embedding(n).to(device, dtype)
 
-    # 2. the objective at fixed timesteps with fixed noise
+    # 2. the training objective (the model's own loss function) at fixed timesteps with fixed noise
     terms = {"loss": 0.0, "eps_loss": 0.0, "latent_mse": 0.0}
     for t in VAL_TIMESTEPS:
         eps = torch.randn(z_0.shape, generator=g).to(device)
         timesteps = torch.full((n,), t, device=device, dtype=torch.long)
-        x_t = pipe.scheduler.add_noise(z_0, eps, timesteps)
         with autocast:
-            pred = predict_noise(pipe.unet, pipe.controlnet, pipe.lkpn, x_t.to(dtype), timesteps,
-                                 z_b.to(dtype), context)
-        lt = deblurdiff_loss(pred.eps, eps, pred.z_hat, z_0)
+            lt = training_step(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, eps, timesteps,
+                               context, latent_weight)
         terms["loss"] += lt.loss.item() / len(VAL_TIMESTEPS)
         terms["eps_loss"] += lt.eps_loss.item() / len(VAL_TIMESTEPS)
         terms["latent_mse"] += lt.latent_loss.item() / len(VAL_TIMESTEPS)
