@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from deblurdiff import DeblurDiffPipeline
-from deblurdiff.models import CoTrainingModule, deblurdiff_loss, training_step
+from deblurdiff.models import CoTrainingModule, ddpm_scheduler, deblurdiff_loss, diffusion_target, training_step
 
 
 def test_loss_terms():
@@ -16,6 +16,15 @@ def test_loss_terms():
     assert terms.latent_loss.item() == pytest.approx(F.mse_loss(z_hat, z_0).item())
     assert terms.loss.item() == pytest.approx(terms.eps_loss.item() + 0.5 * terms.latent_loss.item())
     assert set(terms.as_floats()) == {"loss", "eps_loss", "latent_loss"}
+
+
+def test_diffusion_target_follows_the_scheduler():
+    z_0, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 990])
+    assert torch.equal(diffusion_target(ddpm_scheduler(), z_0, noise, t), noise)  # sd21: eps
+    v = diffusion_target(ddpm_scheduler("v_prediction"), z_0, noise, t)  # tiny: v = √ᾱ·eps − √(1−ᾱ)·z_0
+    a = ddpm_scheduler().alphas_cumprod[t].view(2, 1, 1, 1)
+    torch.testing.assert_close(v, a.sqrt() * noise - (1 - a).sqrt() * z_0)
+    assert DeblurDiffPipeline.from_preset("tiny").scheduler.config.prediction_type == "v_prediction"
 
 
 def batch(pipe, b=2, size=16, seed=0):

@@ -8,6 +8,7 @@ from deblurdiff.models.objective import (
     LossTerms,
     NoisePrediction,
     deblurdiff_loss,
+    diffusion_target,
     predict_noise,
     training_step,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "PipelineParts",
     "ddpm_scheduler",
     "deblurdiff_loss",
+    "diffusion_target",
     "predict_noise",
     "sd21",
     "tiny",

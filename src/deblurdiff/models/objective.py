@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LossTerms", "NoisePrediction", "deblurdiff_loss", "predict_noise", "training_step"]
+__all__ = ["CoTrainingModule", "LossTerms", "NoisePrediction", "deblurdiff_loss", "diffusion_target", "predict_noise",
+           "training_step"]
 
 
 @dataclass
 class NoisePrediction:
-    eps: torch.Tensor  # predicted noise, (B, C, h, w)
+    eps: torch.Tensor  # the UNet's prediction, (B, C, h, w): eps (paper, sd21), or v under v-prediction (tiny)
     z_hat: torch.Tensor  # ẑ = EAC(z_b, K) + z_b, (B, C, h, w)
     kernels: torch.Tensor  # K, (B, C·k², h, w)
 
@@ -25,7 +26,7 @@ class NoisePrediction:
 @dataclass
 class LossTerms:
     loss: torch.Tensor  # eps_loss + λ · latent_loss (what to backpropagate)
-    eps_loss: torch.Tensor  # MSE(eps_pred, eps)
+    eps_loss: torch.Tensor  # MSE(eps_pred, eps) (v-prediction presets: MSE(v_pred, v))
     latent_loss: torch.Tensor  # MSE(ẑ, z_0)
 
     def as_floats(self) -> dict[str, float]:
@@ -70,6 +71,17 @@ def deblurdiff_loss(eps_pred: torch.Tensor, eps: torch.Tensor, z_hat: torch.Tens
     return LossTerms(loss=eps_loss + latent_weight * latent_loss, eps_loss=eps_loss, latent_loss=latent_loss)
 
 
+def diffusion_target(noise_scheduler, z_0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict, from the scheduler's ``prediction_type``: eps (SD-2.1-base,
+    the paper) or v = sqrt(ᾱ_t) eps − sqrt(1 − ᾱ_t) z_0 (the tiny preset; see ``presets.tiny``)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(z_0, noise, timesteps)
+    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
+
+
 def training_step(
     unet: nn.Module,
     controlnet: nn.Module,
@@ -90,7 +102,8 @@ def training_step(
     # Forward diffusion q(x_t | z_0): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps.
     x_t = noise_scheduler.add_noise(z_0, noise, timesteps)
     pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context)
-    return deblurdiff_loss(pred.eps, noise, pred.z_hat, z_0, latent_weight)
+    target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
+    return deblurdiff_loss(pred.eps, target, pred.z_hat, z_0, latent_weight)
 
 
 class CoTrainingModule(nn.Module):
