@@ -145,3 +145,14 @@ def test_cli_refuses_to_overwrite_a_run_without_resume(cli, tmp_path):
     proc = cli("train", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"run.output_dir={tmp_path}",
                timeout=120)
     assert proc.returncode == 2 and "--resume" in proc.stderr and "run.output_dir" in proc.stderr
+
+
+def test_cli_resume_with_another_worker_count_or_no_steps_left_exits_2(cli, tmp_path):
+    ckpt = tmp_path / "train" / "checkpoint_00000010"
+    ckpt.mkdir(parents=True)
+    (ckpt / "train_state.json").write_text('{"step": 10, "world_size": 2}')
+    base = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--resume", "--set", f"run.output_dir={tmp_path}"]
+    proc = cli(*base, "--workers", "1", timeout=120)
+    assert proc.returncode == 2 and "--workers 1" in proc.stderr and "--workers 2" in proc.stderr
+    proc = cli(*base, "--set", "train.max_steps=10", timeout=120)
+    assert proc.returncode == 2 and "train.max_steps=10" in proc.stderr

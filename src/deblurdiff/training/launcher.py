@@ -85,6 +85,20 @@ def _existing_checkpoints(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()) if run_dir.is_dir() else []
 
 
+def _check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
+    """ZeRO shards the optimiser state per rank: a run resumes with the worker count it was saved with."""
+    try:
+        saved = json.loads((checkpoint / "train_state.json").read_text())
+    except (OSError, ValueError):
+        return  # nothing to compare against; DeepSpeed will say what it cannot load
+    if saved.get("world_size") not in (None, cfg.scaling.workers):
+        raise UsageError(f"--workers {cfg.scaling.workers}: {checkpoint.name} was saved by {saved['world_size']} workers "
+                         f"(ZeRO shards the optimiser state per worker); resume with --workers {saved['world_size']}")
+    if saved.get("step", 0) >= cfg.train.max_steps:
+        raise UsageError(f"train.max_steps={cfg.train.max_steps}: the run is already at step {saved['step']}; "
+                         f"raise train.max_steps to continue it")
+
+
 def _worker_env(use_gpu: bool) -> dict:
     """Env for the Ray Train workers: DeepSpeed's accelerator, and the user's W&B settings (API key,
     base URL, entity...) so `wandb.mode=online` works from workers on other nodes."""
@@ -181,6 +195,8 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
                          f"checkpoint(s); pass --resume to continue it, or set run.output_dir / run.name")
     if resume and not previous:
         raise UsageError(f"--resume: no checkpoint of run '{cfg.run.name}' under {out} to continue from")
+    if resume:
+        _check_resumable(run_dir / previous[-1], cfg)
     out.mkdir(parents=True, exist_ok=True)
 
     # 2. Ray: size the workers so the data stages keep CPUs; build the data stream + held-out pairs.

@@ -4,6 +4,8 @@ Read top to bottom; the numbered steps are the algorithm (DESIGN §1, "Training"
 
     loss = MSE(eps_pred, eps) + λ · MSE(ẑ, z_0),   t ~ U{0..999},   empty-prompt context
 
+(the loss itself is ``deblurdiff.models.training_step``: a v-prediction preset regresses v instead of eps).
+
 The trainable parts (ControlNet + LKPN; the tiny preset also its UNet) are ONE ``nn.Module``
 (``CoTrainingModule``) inside a DeepSpeed engine (ZeRO, bf16 autocast on GPU, clipping, accumulation); the
 frozen VAE / UNet / empty-prompt embedding stay outside it, in eval mode, without gradients.
@@ -141,9 +143,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
             if rank == 0:
                 tracker.log(last_metrics, state.step)
                 events.record_step.remote(state.step, last_metrics)
-                logger.warning("step %d/%d loss %.4f (eps %.4f, latent %.4f) %.2f samples/s", state.step,
-                               cfg.train.max_steps, last_metrics["train/loss"], last_metrics["train/eps_loss"],
-                               last_metrics["train/latent_loss"], last_metrics.get("train/samples_per_s", 0.0))
+                print(f"step {state.step}/{cfg.train.max_steps} loss {last_metrics['train/loss']:.4f} "
+                      f"(eps {last_metrics['train/eps_loss']:.4f}, latent {last_metrics['train/latent_loss']:.4f}) "
+                      f"{last_metrics.get('train/samples_per_s', 0.0):.2f} samples/s", flush=True)
         elif rank == 0:
             events.record_step.remote(state.step, None)  # every step is recorded: tests check none repeats
 
@@ -153,7 +155,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
         # 7. Checkpoint every N steps (and at the end, so `--resume` can go further).
         if state.step % cfg.train.checkpoint_every == 0 or state.step == cfg.train.max_steps:
-            _checkpoint(engine, state, rank, generator, {**last_metrics, **val_metrics}, events, cfg)
+            _checkpoint(engine, state, rank, world, generator, {**last_metrics, **val_metrics}, events, cfg)
 
         # Fault injection for the recovery test (testing.crash_after_step): exit hard, once per run.
         _maybe_crash(cfg, rank, state.step)
@@ -272,7 +274,7 @@ def _micro_batches(shard, micro: int, cfg, state, rank: int):
         skip = 0
 
 
-def _checkpoint(engine, state, rank, generator, metrics, events, cfg) -> None:
+def _checkpoint(engine, state, rank, world, generator, metrics, events, cfg) -> None:
     """Each rank saves its DeepSpeed state (ZeRO shards) + RNG into a temp dir and reports it; Ray
     Train merges the ranks' directories into one checkpoint under <output_dir>/<run.name>/."""
     import ray.train
@@ -286,7 +288,7 @@ def _checkpoint(engine, state, rank, generator, metrics, events, cfg) -> None:
         engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG, client_state={"train_state": state.to_dict()})
         save_rng(tmp, rank, generator)
         if rank == 0:
-            state.write_json(tmp)
+            state.write_json(tmp, world_size=world)
         # report() is a barrier over the ranks; every rank reports (Train V2), each with its files.
         ray.train.report({"step": state.step, **metrics}, checkpoint=Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=name)
