@@ -147,8 +147,8 @@ def _run_events_actor():
         def __init__(self):
             self.groups, self.steps, self.checkpoints = [], [], []
 
-        def group_started(self, step: int):
-            self.groups.append({"start_step": step, "time": time.time()})
+        def group_started(self, step: int, startup_s: dict):
+            self.groups.append({"start_step": step, "time": time.time(), "startup_s": startup_s})
 
         def record_step(self, step: int, metrics: dict | None):
             self.steps.append({"step": step, "group": len(self.groups) - 1, "time": time.time(),
@@ -207,6 +207,7 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
     ray.data.DataContext.get_current().enable_progress_bars = False
     train_ds, validation, held_out = _datasets(cfg, r)
     events = _run_events_actor()
+    data_ready = time.time()
 
     # 3. The trainer: TorchTrainer runs the recipe on every worker; storage_path = run.output_dir, so
     #    the same output_dir + run.name finds the run again (restarts and --resume).
@@ -263,6 +264,14 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
         "resources": asdict(r),
         "precision": final.get("precision"),
         "wall_s": round(time.time() - started, 2),
+        # Where the wall time went: data (listing, cache, held-out pairs), worker start-up (Ray Train
+        # workers, model build, DeepSpeed init) until rank 0 began, then the steps and the export.
+        "timings_s": {
+            "data": round(data_ready - started, 2),
+            "workers_start": round(record["groups"][0]["time"] - data_ready, 2) if record["groups"] else None,
+            "worker_phases": record["groups"][0]["startup_s"] if record["groups"] else None,
+            "train_and_export": round(time.time() - record["groups"][0]["time"], 2) if record["groups"] else None,
+        },
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     m = summary["last_metrics"]

@@ -44,6 +44,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     from deblurdiff.training.validation import validate
 
     cfg = TrainConfig.model_validate(config["cfg"])
+    clock = _Clock()  # start-up phases, reported in summary.json
     # DeepSpeed's ZeRO all-gathers use a call torch has deprecated: one warning per step otherwise.
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
     events = config["events"]  # RunEvents actor (launcher.py): restarts, per-step records, checkpoints
@@ -65,11 +66,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
     pipe, model, frozen = prepare_model(cfg, device, bf16=bf16, gradient_checkpointing=grad_ckpt)
     trainable = pipe.trainable_modules()
     frozen_digest_start = digest_modules(frozen)
+    clock.mark("model")
 
     # 2. The DeepSpeed engine over the trainable parts (AdamW, warm-up + cosine LR, ZeRO, clipping).
     engine, _, lr_scheduler = build_engine(model, cfg, world, on_gpu, bf16)
     context = pipe.null_text_embedding(micro).to(device, torch.bfloat16 if bf16 else torch.float32)
     generator = torch.Generator().manual_seed(cfg.run.seed * 1000 + rank)  # t and eps for this rank
+    clock.mark("deepspeed")
 
     # 3. Resume: Ray Train hands back the latest registered checkpoint after a worker-group restart
     #    (FailureConfig) or for `--resume` (same storage_path + name).
@@ -83,10 +86,12 @@ def train_loop_per_worker(config: dict) -> dict | None:
                 generator.manual_seed(cfg.run.seed * 1000 + rank + 7919 * state.step)
         logger.info("rank %d resumed at step %d (epoch %d, batch %d)", rank, state.step, state.epoch,
                     state.batches_in_epoch)
-    if rank == 0:
-        events.group_started.remote(state.step)
+    clock.mark("resume")
 
     tracker = Tracker(cfg, active=rank == 0, config_dict=cfg.model_dump())
+    clock.mark("wandb")
+    if rank == 0:
+        events.group_started.remote(state.step, clock.marks)
     val_sharp, val_blurry = (torch.tensor(a) for a in config["validation"])  # (N, 3, H, W), copied
     batches = _micro_batches(ray.train.get_dataset_shard("train"), micro, cfg, state, rank)
 
@@ -239,6 +244,16 @@ def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: t
     engine.backward(terms.loss)
     engine.step()
     return terms
+
+
+class _Clock:
+    def __init__(self):
+        self.last, self.marks = time.perf_counter(), {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.marks[name] = round(now - self.last, 2)
+        self.last = now
 
 
 def _new_window() -> dict:
