@@ -20,7 +20,7 @@ step() {  # step NAME SECONDS CMD...
 }
 
 # 1. the CUDA EAC op builds for this GPU (sm_90) and the gpu-marked tests pass
-step gpu_tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops tests/blur_synthesis tests/test_pipeline.py
+step gpu_tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops tests/blur_synthesis tests/test_diffusion.py
 # 2. benchmarks (each prints a table)
 step bench_eac 90 python3 benchmarks/eac.py --skip-cpu
 step bench_inference 150 python3 benchmarks/inference.py --gpu-only --quick --budget-s 120

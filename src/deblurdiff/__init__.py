@@ -9,7 +9,7 @@ __all__ = ["DeblurDiffPipeline", "__version__"]
 def __getattr__(name: str):
     # Lazy: `import deblurdiff` (and the CLI's --help) must not import torch/diffusers.
     if name == "DeblurDiffPipeline":
-        from deblurdiff.pipeline import DeblurDiffPipeline
+        from deblurdiff.diffusion import DeblurDiffPipeline
 
         return DeblurDiffPipeline
     raise AttributeError(f"module 'deblurdiff' has no attribute {name!r}")

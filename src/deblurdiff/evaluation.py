@@ -142,7 +142,7 @@ def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list
     (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training recipe);
     and MSE(ẑ, z_0) averaged over the steps of the real sampling run (x_t from the sampler)."""
     from deblurdiff.models import predict_noise
-    from deblurdiff.pipeline import _pad_to_multiple  # the pipeline's own padding, so latents line up
+    from deblurdiff.diffusion import _pad_to_multiple  # the pipeline's own padding, so latents line up
     from deblurdiff.training.validation import VAL_TIMESTEPS
 
     device, dtype = pipe._execution_device, pipe.unet.dtype

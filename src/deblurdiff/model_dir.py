@@ -31,7 +31,7 @@ def load_pipeline(path: str | Path, flag: str = "--model", device: str | None = 
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from deblurdiff.pipeline import DeblurDiffPipeline
+    from deblurdiff.diffusion import DeblurDiffPipeline
 
     resolved = check_model_dir(path, flag)
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would clutter stderr

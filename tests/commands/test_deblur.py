@@ -25,7 +25,7 @@ def photo(h, w):
 
 
 def test_sampler_choices_match_the_pipeline():
-    from deblurdiff.pipeline import SAMPLERS
+    from deblurdiff.diffusion import SAMPLERS
 
     assert SAMPLER_CHOICES == SAMPLERS
 

@@ -12,10 +12,10 @@ def test_loss_terms():
     g = torch.Generator().manual_seed(0)
     eps_pred, eps, z_hat, z_0 = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(4))
     terms = deblurdiff_loss(eps_pred, eps, z_hat, z_0, latent_weight=0.5)
-    assert terms.eps_loss.item() == pytest.approx(F.mse_loss(eps_pred, eps).item())
+    assert terms.diffusion_loss.item() == pytest.approx(F.mse_loss(eps_pred, eps).item())
     assert terms.latent_loss.item() == pytest.approx(F.mse_loss(z_hat, z_0).item())
-    assert terms.loss.item() == pytest.approx(terms.eps_loss.item() + 0.5 * terms.latent_loss.item())
-    assert set(terms.as_floats()) == {"loss", "eps_loss", "latent_loss"}
+    assert terms.loss.item() == pytest.approx(terms.diffusion_loss.item() + 0.5 * terms.latent_loss.item())
+    assert set(terms.as_floats()) == {"loss", "diffusion_loss", "latent_loss"}
 
 
 def test_diffusion_target_follows_the_scheduler():

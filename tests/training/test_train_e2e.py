@@ -114,7 +114,7 @@ def test_offline_wandb_run_holds_the_logged_metrics_and_the_validation_grid(cras
     rows = [row for run in runs for row in wandb_history(run)]
     logged = {row["train/step"] for row in rows if "train/loss" in row}
     assert set(range(7, 13)) <= logged  # every step after the restart (log_every=1)
-    for key in ("train/eps_loss", "train/latent_loss", "train/lr", "train/samples_per_s"):
+    for key in ("train/diffusion_loss", "train/latent_loss", "train/lr", "train/samples_per_s"):
         assert any(key in row for row in rows), key
     grids = [row for row in rows if row.get("val/grid/_type") == "image-file"]
     assert grids and grids[-1]["train/step"] == 12

@@ -16,7 +16,7 @@ from deblurdiff.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-# Kept in step with deblurdiff.pipeline.SAMPLERS (imported lazily: --help must not import torch);
+# Kept in step with deblurdiff.diffusion.SAMPLERS (imported lazily: --help must not import torch);
 # tests/commands/test_deblur.py checks they match.
 SAMPLER_CHOICES = ("ddpm", "dpmpp")
 

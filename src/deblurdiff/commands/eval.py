@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from deblurdiff.model_dir import check_model_dir, load_pipeline
     from deblurdiff.errors import UsageError
     from deblurdiff.evaluation import evaluate, iter_pairs
-    from deblurdiff.pipeline import SAMPLERS
+    from deblurdiff.diffusion import SAMPLERS
 
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps}: must be at least 1")

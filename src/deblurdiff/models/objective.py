@@ -18,19 +18,22 @@ __all__ = ["CoTrainingModule", "LossTerms", "NoisePrediction", "deblurdiff_loss"
 
 @dataclass
 class NoisePrediction:
-    eps: torch.Tensor  # the UNet's prediction, (B, C, h, w): eps (paper, sd21), or v under v-prediction (tiny)
+    # The UNet's raw output, (B, C, h, w), named as diffusers names it: eps under eps-prediction (paper,
+    # sd21), v under v-prediction (tiny). The scheduler's prediction_type says which.
+    model_output: torch.Tensor
     z_hat: torch.Tensor  # ẑ = EAC(z_b, K) + z_b, (B, C, h, w)
     kernels: torch.Tensor  # K, (B, C·k², h, w)
 
 
 @dataclass
 class LossTerms:
-    loss: torch.Tensor  # eps_loss + λ · latent_loss (what to backpropagate)
-    eps_loss: torch.Tensor  # MSE(eps_pred, eps) (v-prediction presets: MSE(v_pred, v))
+    loss: torch.Tensor  # diffusion_loss + λ · latent_loss (what to backpropagate)
+    diffusion_loss: torch.Tensor  # MSE(model_output, target): target eps (paper) or v (v-prediction presets)
     latent_loss: torch.Tensor  # MSE(ẑ, z_0)
 
     def as_floats(self) -> dict[str, float]:
-        return {"loss": self.loss.item(), "eps_loss": self.eps_loss.item(), "latent_loss": self.latent_loss.item()}
+        return {"loss": self.loss.item(), "diffusion_loss": self.diffusion_loss.item(),
+                "latent_loss": self.latent_loss.item()}
 
 
 def predict_noise(
@@ -56,19 +59,20 @@ def predict_noise(
         conditioning_scale=control_scale, return_dict=False,
     )
     # 3. The (frozen) UNet predicts eps with the residuals added to its skips and middle block.
-    eps = unet(
+    model_output = unet(
         x_t, timestep, encoder_hidden_states=context,
         down_block_additional_residuals=down_res, mid_block_additional_residual=mid_res,
     ).sample
-    return NoisePrediction(eps=eps, z_hat=lk.z_hat, kernels=lk.kernels)
+    return NoisePrediction(model_output=model_output, z_hat=lk.z_hat, kernels=lk.kernels)
 
 
-def deblurdiff_loss(eps_pred: torch.Tensor, eps: torch.Tensor, z_hat: torch.Tensor, z_0: torch.Tensor,
+def deblurdiff_loss(model_output: torch.Tensor, target: torch.Tensor, z_hat: torch.Tensor, z_0: torch.Tensor,
                     latent_weight: float = 1.0) -> LossTerms:
-    """loss = MSE(eps_pred, eps) + λ · MSE(ẑ, z_0)   (DESIGN §1, λ = 1). Computed in fp32."""
-    eps_loss = F.mse_loss(eps_pred.float(), eps.float())
+    """loss = MSE(model_output, target) + λ · MSE(ẑ, z_0)   (DESIGN §1: target eps, λ = 1). Computed in fp32."""
+    diffusion_loss = F.mse_loss(model_output.float(), target.float())
     latent_loss = F.mse_loss(z_hat.float(), z_0.float())
-    return LossTerms(loss=eps_loss + latent_weight * latent_loss, eps_loss=eps_loss, latent_loss=latent_loss)
+    return LossTerms(loss=diffusion_loss + latent_weight * latent_loss, diffusion_loss=diffusion_loss,
+                     latent_loss=latent_loss)
 
 
 def diffusion_target(noise_scheduler, z_0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -103,7 +107,7 @@ def training_step(
     x_t = noise_scheduler.add_noise(z_0, noise, timesteps)
     pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context)
     target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
-    return deblurdiff_loss(pred.eps, target, pred.z_hat, z_0, latent_weight)
+    return deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
 
 
 class CoTrainingModule(nn.Module):

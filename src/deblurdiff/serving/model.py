@@ -76,7 +76,7 @@ class DeblurModel:
         import torch
 
         from deblurdiff.ops import eac_backend
-        from deblurdiff.pipeline import SAMPLERS, DeblurDiffPipeline
+        from deblurdiff.diffusion import SAMPLERS, DeblurDiffPipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         started = time.perf_counter()
         for _ in range(cfg.train.grad_accum):
             terms = micro_step(engine, pipe, next(batches), generator, context, bf16=bf16)
-            for key in ("loss", "eps_loss", "latent_loss"):  # summed on device: no sync per step
+            for key in ("loss", "diffusion_loss", "latent_loss"):  # summed on device: no sync per step
                 window[key] = window[key] + getattr(terms, key).detach().float() / cfg.train.grad_accum
         state.step += 1
         state.samples_seen += cfg.train.batch_size
@@ -136,7 +136,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if state.step % cfg.run.log_every == 0 or state.step == cfg.train.max_steps:
             last_metrics = {
                 "train/loss": float(window["loss"]) / window["n"],
-                "train/eps_loss": float(window["eps_loss"]) / window["n"],
+                "train/diffusion_loss": float(window["diffusion_loss"]) / window["n"],
                 "train/latent_loss": float(window["latent_loss"]) / window["n"],
                 "train/lr": lr_scheduler.get_last_lr()[0],
                 "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
                 tracker.log(last_metrics, state.step)
                 events.record_step.remote(state.step, last_metrics)
                 print(f"step {state.step}/{cfg.train.max_steps} loss {last_metrics['train/loss']:.4f} "
-                      f"(eps {last_metrics['train/eps_loss']:.4f}, latent {last_metrics['train/latent_loss']:.4f}) "
+                      f"(diffusion {last_metrics['train/diffusion_loss']:.4f}, latent {last_metrics['train/latent_loss']:.4f}) "
                       f"{last_metrics.get('train/samples_per_s', 0.0):.2f} samples/s", flush=True)
         elif rank == 0:
             events.record_step.remote(state.step, None)  # every step is recorded: tests check none repeats
@@ -257,7 +257,7 @@ class _Clock:
 
 
 def _new_window() -> dict:
-    return {"time": 0.0, "samples": 0, "n": 0, "timed": 0, "loss": 0.0, "eps_loss": 0.0, "latent_loss": 0.0}
+    return {"time": 0.0, "samples": 0, "n": 0, "timed": 0, "loss": 0.0, "diffusion_loss": 0.0, "latent_loss": 0.0}
 
 
 def _micro_batches(shard, micro: int, cfg, state, rank: int):

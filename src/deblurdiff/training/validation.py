@@ -4,8 +4,8 @@ Metrics (all on the held-out pairs, deterministic for a given seed):
 
 - ``val/latent_mse`` = MSE(ẑ, z_0) averaged over fixed timesteps, beside ``val/blurry_latent_mse`` =
   MSE(z_b, z_0): the LKPN has learned something useful once the first is below the second;
-- ``val/loss``, ``val/eps_loss``: the co-training loss terms (``models.training_step``) at the same
-  timesteps and noise (``eps_loss`` is the v-MSE for v-prediction presets);
+- ``val/loss``, ``val/diffusion_loss``: the co-training loss terms (``models.training_step``) at the same
+  timesteps and noise (``diffusion_loss`` is the v-MSE for v-prediction presets);
 - ``val/psnr_restored`` vs ``val/psnr_blurry``: the pipeline's output against the sharp image.
 
 The grid has one row per pair: blurry | decoded ẑ (last sampling step) | restored | sharp.
@@ -50,7 +50,7 @@ def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, see
     context = pipe.null_text_embedding(n).to(device, dtype)
 
     # 2. the training objective (the model's own loss function) at fixed timesteps with fixed noise
-    terms = {"loss": 0.0, "eps_loss": 0.0, "latent_mse": 0.0}
+    terms = {"loss": 0.0, "diffusion_loss": 0.0, "latent_mse": 0.0}
     for t in VAL_TIMESTEPS:
         eps = torch.randn(z_0.shape, generator=g).to(device)
         timesteps = torch.full((n,), t, device=device, dtype=torch.long)
@@ -58,7 +58,7 @@ def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, see
             lt = training_step(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, eps, timesteps,
                                context, latent_weight)
         terms["loss"] += lt.loss.item() / len(VAL_TIMESTEPS)
-        terms["eps_loss"] += lt.eps_loss.item() / len(VAL_TIMESTEPS)
+        terms["diffusion_loss"] += lt.diffusion_loss.item() / len(VAL_TIMESTEPS)
         terms["latent_mse"] += lt.latent_loss.item() / len(VAL_TIMESTEPS)
 
     # 3. a full restoration with the fast sampler, keeping the last step's ẑ

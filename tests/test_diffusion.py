@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deblurdiff import DeblurDiffPipeline
-from deblurdiff.pipeline import SAMPLERS, _latent_tiles, adain_colour_fix
+from deblurdiff.diffusion import SAMPLERS, _latent_tiles, adain_colour_fix
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,10 @@ def test_save_load_round_trip(pipe, tmp_path, sampler):
     public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
     assert public(again.scheduler.config) == public(pipe.scheduler.config)
     image = photo(20, 28)
-    assert np.array_equal(run(pipe, image, sampler=sampler, output_type="np").images,
-                          run(again, image, sampler=sampler, output_type="np").images)
+    # Weights are bit-identical (above); the outputs agree to float32 round-off (oneDNN may pick
+    # another convolution algorithm for freshly loaded tensors).
+    np.testing.assert_allclose(run(again, image, sampler=sampler, output_type="np").images,
+                               run(pipe, image, sampler=sampler, output_type="np").images, rtol=0, atol=1e-5)
 
 
 def test_tiled_equals_untiled_when_one_tile_covers(pipe):

@@ -264,7 +264,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
         for t in self.progress_bar(scheduler.timesteps):
             x_in = scheduler.scale_model_input(latents, t)
             pred = self._predict_noise(x_in.to(dtype), t, z_b.to(dtype), context, tiles, control_scale)
-            latents = scheduler.step(pred.eps.float(), t, latents, generator=generator).prev_sample
+            latents = scheduler.step(pred.model_output.float(), t, latents, generator=generator).prev_sample
             if keep:
                 z_hats.append(pred.z_hat[..., :lh, :lw].float().cpu())
                 kernels.append(pred.kernels[..., :lh, :lw].float().cpu())
@@ -280,21 +280,21 @@ class DeblurDiffPipeline(DiffusionPipeline):
         """``predict_noise`` on the whole latent, or tile by tile with Gaussian-weighted blending."""
         if tiles is None:
             return predict_noise(self.unet, self.controlnet, self.lkpn, x_t, t, z_b, context, control_scale)
-        eps = z_hat = kern = weight_sum = None
+        out = z_hat = kern = weight_sum = None
         for (y0, y1, x0, x1) in tiles:
             p = predict_noise(self.unet, self.controlnet, self.lkpn, x_t[..., y0:y1, x0:x1], t,
                               z_b[..., y0:y1, x0:x1], context, control_scale)
-            if eps is None:
-                eps = x_t.new_zeros(x_t.shape, dtype=torch.float32)
-                z_hat = torch.zeros_like(eps)
-                kern = eps.new_zeros((*eps.shape[:1], p.kernels.shape[1], *eps.shape[2:]))
-                weight_sum = eps.new_zeros((1, 1, *eps.shape[2:]))
-            wt = _gaussian_weights(y1 - y0, x1 - x0, eps.device)  # (1, 1, th, tw)
-            eps[..., y0:y1, x0:x1] += p.eps.float() * wt
+            if out is None:
+                out = x_t.new_zeros(x_t.shape, dtype=torch.float32)
+                z_hat = torch.zeros_like(out)
+                kern = out.new_zeros((*out.shape[:1], p.kernels.shape[1], *out.shape[2:]))
+                weight_sum = out.new_zeros((1, 1, *out.shape[2:]))
+            wt = _gaussian_weights(y1 - y0, x1 - x0, out.device)  # (1, 1, th, tw)
+            out[..., y0:y1, x0:x1] += p.model_output.float() * wt
             z_hat[..., y0:y1, x0:x1] += p.z_hat.float() * wt
             kern[..., y0:y1, x0:x1] += p.kernels.float() * wt
             weight_sum[..., y0:y1, x0:x1] += wt
-        return NoisePrediction(eps=eps / weight_sum, z_hat=z_hat / weight_sum, kernels=kern / weight_sum)
+        return NoisePrediction(model_output=out / weight_sum, z_hat=z_hat / weight_sum, kernels=kern / weight_sum)
 
 
 # ---------------------------------------------------------------------------------- helpers
