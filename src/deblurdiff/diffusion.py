@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from deblurdiff.errors import UsageError
 from deblurdiff.models.objective import NoisePrediction, predict_noise
 from deblurdiff.models.presets import PRESETS
+from deblurdiff.pixels import to_float, to_uint8
 
 __all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "SAMPLERS", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
 
@@ -363,7 +364,7 @@ def _one_input(item) -> list[torch.Tensor]:
     if item.ndim not in (3, 4) or item.shape[-3] != 3:
         raise ValueError(f"image: expected a (3, H, W) or (B, 3, H, W) tensor, got shape {tuple(item.shape)}")
     if item.dtype == torch.uint8:
-        item = item.float() / 255
+        item = to_float(item)
     elif item.is_floating_point():
         item = item.float()
         lo, hi = item.min().item(), item.max().item()
@@ -382,4 +383,4 @@ def _postprocess(restored: list[torch.Tensor], output_type: str, single_size: bo
     arrays = [r.permute(0, 2, 3, 1).numpy() for r in restored]  # (B, H, W, 3)
     if output_type == "np":
         return arrays[0] if single_size else [a[0] for a in arrays]
-    return [PIL.Image.fromarray((img * 255).round().astype(np.uint8)) for a in arrays for img in a]
+    return [PIL.Image.fromarray(to_uint8(img)) for a in arrays for img in a]

@@ -30,6 +30,7 @@ import torch
 
 from deblurdiff.errors import UsageError
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, is_image_path
+from deblurdiff.pixels import to_float, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def iter_pairs(data: str | Path) -> Iterator[Pair | Skipped]:
 
 # ---------------------------------------------------------------------------------------- metrics
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
+    return to_float(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])  # (1, 3, H, W) in [0, 1]
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -235,7 +236,7 @@ def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int = 20, sam
             "lkpn_latent_mse_sampling": sampling_mse,
         })
         if len(sheet) < sheet_rows:
-            restored_u8 = (restored[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            restored_u8 = to_uint8(restored[0].permute(1, 2, 0)).numpy()  # (H, W, 3)
             sheet.append((item.blurry, restored_u8, item.sharp))
     if not rows:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:3])

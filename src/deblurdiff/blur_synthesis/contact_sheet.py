@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from deblurdiff.blur_synthesis.kernels import kernels_to_array
 from deblurdiff.blur_synthesis.synthesize import synthesize
+from deblurdiff.pixels import to_float, to_uint8
 
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
@@ -48,7 +49,7 @@ def _photos(size: int, picks: list[int], inputs: list[str]) -> torch.Tensor:
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
         left, top = (im.width - size) // 2, (im.height - size) // 2
         crops.append(np.asarray(im.crop((left, top, left + size, top + size))))
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    return to_float(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
 
 
 def _caption(params: dict) -> str:
@@ -68,7 +69,7 @@ def _kernel_tile(kernels: np.ndarray, size: int) -> np.ndarray:
     tile = np.zeros((size, size, 3), np.uint8)
     cell = size // n
     for j, k in enumerate(kernels):
-        img = Image.fromarray((255 * k / max(k.max(), 1e-12)).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+        img = Image.fromarray(to_uint8(k / max(k.max(), 1e-12))).resize((cell, cell), Image.NEAREST)
         y0 = (size - cell) // 2
         tile[y0 : y0 + cell, j * cell : (j + 1) * cell] = np.asarray(img)[..., None]
     return tile
@@ -82,7 +83,7 @@ def make_sheet(recipe: str, seeds: list[int], size: int, inputs: list[str] | Non
     pad, text_h = 4, 14
     sheet = Image.new("RGB", (3 * size + 4 * pad, rows * (size + text_h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    to_u8 = lambda t: (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # noqa: E731
+    to_u8 = lambda t: to_uint8(t).permute(1, 2, 0).numpy()  # noqa: E731 - (3, H, W) -> (H, W, 3)
     for i in range(rows):
         y = pad + i * (size + text_h + pad)
         draw.text((pad, y), _caption(out.params[i]), fill=(0, 0, 0))

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from deblurdiff.imageio import ImageDecodeError, encode_image, read_rgb
+    from deblurdiff.pixels import to_uint8
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(args.model, device=str(device))
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         generator = torch.Generator(device).manual_seed(args.seed)  # per image: independent of order
         image = pipe(rgb, num_inference_steps=args.steps, sampler=args.sampler, generator=generator,
                      tile_size=args.tile, output_type="np").images[0]
-        _write_atomic(out_dir / f"{path.stem}.png", encode_image((image * 255).round().astype("uint8")))
+        _write_atomic(out_dir / f"{path.stem}.png", encode_image(to_uint8(image)))
         written += 1
 
     for path, reason in skipped:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from deblurdiff.models import training_step
+from deblurdiff.pixels import to_uint8
 
 __all__ = ["VAL_TIMESTEPS", "validate"]
 
@@ -30,7 +31,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    return (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return to_uint8(x.permute(1, 2, 0).cpu()).numpy()
 
 
 @torch.no_grad()
