@@ -6,6 +6,7 @@
   a second ``ray start --address`` on this machine, each with its own resources). Ray's start costs
   tens of seconds on 2 cores, so every test shares it. It sets ``RAY_ADDRESS`` so CLI subprocesses
   join it too.
+- ``tiny_model_dir`` / ``tiny_pipe``: the one shared tiny model (saved once per session, and loaded).
 """
 
 from __future__ import annotations
@@ -159,6 +160,28 @@ def _stop_cluster(gcs_port: int) -> None:
 @pytest.fixture(scope="session")
 def ray_address(ray_cluster) -> str:
     return ray_cluster.address
+
+
+# ---------------------------------------------------------------- the tiny model (shared)
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """THE shared tiny model: the embedded default (tiny preset, seed 0) saved once per session, as a
+    trained model would be. Serving, deblur, eval and the training parts all start from it."""
+    from deblurdiff import DeblurDiffPipeline
+
+    path = tmp_path_factory.mktemp("tiny-model") / "tiny-pipeline"
+    DeblurDiffPipeline.from_preset("tiny").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    """``tiny_model_dir`` loaded once per session. Shared: read it, never change its weights."""
+    from deblurdiff import DeblurDiffPipeline
+
+    pipe = DeblurDiffPipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # ---------------------------------------------------------------- CLI
