@@ -9,11 +9,11 @@ parts are the consolidated fp32 master weights gathered from the ZeRO shards.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
+
+from deblurdiff.files import publish_directory
 
 __all__ = ["export_pipeline", "set_trainable"]
 
@@ -47,12 +47,4 @@ def export_pipeline(cfg, weights: dict[str, torch.Tensor], out_dir: str | Path) 
     out_dir = Path(out_dir)
     pipe = build_pipeline(cfg)
     CoTrainingModule(pipe).load_state_dict(weights, strict=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return publish_directory(out_dir, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))

@@ -333,9 +333,7 @@ def _maybe_crash(cfg, rank: int, step: int) -> None:
 
 
 def _save_png(path: Path, image) -> None:
+    from deblurdiff.files import atomic_write_bytes
     from deblurdiff.imageio import encode_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_image(image, "png"))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, encode_image(image, "png"))

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from deblurdiff.files import atomic_write_text  # noqa: F401 - also imported from here by the launcher
 
 __all__ = ["TrainState", "digest_modules", "load_rng", "save_rng"]
 
@@ -94,9 +95,3 @@ def digest_modules(modules: dict[str, torch.nn.Module]) -> dict[str, str]:
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write then rename: a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
