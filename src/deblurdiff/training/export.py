@@ -10,11 +10,11 @@ trainable parts get the consolidated fp32 master weights gathered from the ZeRO 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
+
+from deblurdiff.files import publish_directory
 
 __all__ = ["export_pipeline"]
 
@@ -34,12 +34,4 @@ def export_pipeline(pipe, weights: dict[str, torch.Tensor], frozen_fp32: dict[st
     for name, state in frozen_fp32.items():
         getattr(pipe, name).load_state_dict(state, strict=True)
     CoTrainingModule(pipe).load_state_dict(weights, strict=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return publish_directory(out_dir, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))

@@ -226,7 +226,7 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
 
     from deblurdiff._ray import connect
     from deblurdiff.training.loop import train_loop_per_worker
-    from deblurdiff.training.state import atomic_write_text
+    from deblurdiff.files import atomic_write_text
 
     started = time.time()
     # 1. Check the config and the output dir before any cluster work.

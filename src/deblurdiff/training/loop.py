@@ -25,7 +25,6 @@ the resources the launcher chose, the held-out pairs and a handle to the run's e
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -385,9 +384,7 @@ def _micro_batches(shard, micro: int, cfg, state, rank: int):
 
 
 def _save_png(path: Path, image) -> None:
+    from deblurdiff.files import atomic_write_bytes
     from deblurdiff.imageio import encode_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(encode_image(image, "png"))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, encode_image(image, "png"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,9 +121,3 @@ def digest_modules(modules: dict[str, torch.nn.Module]) -> dict[str, str]:
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write then rename: a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
