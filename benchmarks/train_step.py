@@ -9,7 +9,7 @@ preset at 64x64 crops, global batch 8, with 1 and 2 workers on a local Ray sized
 samples/s is the steady state (the first logging window, with warm-up, is left out).
 
 GPU (CUDA only, one process, no Ray): ``sd21`` random-init at 512x512 (timings do not depend on the
-weights), per-GPU batch 8, the recipe's own ``micro_step``:
+weights), per-GPU batch 8, the training loop's own ``micro_step``:
 - fp32 eager baseline: plain AdamW, fp32 everywhere, no gradient checkpointing;
 - ours: DeepSpeed ZeRO-2 (single rank), bf16 autocast (fp32 trainable weights, frozen parts stored
   bf16), with and without gradient checkpointing; plus bf16 eager, to separate bf16 from DeepSpeed.
