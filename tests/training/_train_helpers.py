@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,21 +33,25 @@ def run_train_killing_a_worker(args: list[str], metrics_path, at_step: int, time
     from ray.util.state import list_actors
 
     exe = Path(sys.executable).parent / "deblurdiff"
-    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ))
     deadline, killed = time.monotonic() + timeout, None
-    try:
-        while killed is None and proc.poll() is None and time.monotonic() < deadline:
-            if any(row["step"] >= at_step for row in _rows_if_any(metrics_path)):
-                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-                killed = max(int(a.pid) for a in workers)
-                os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), killed
+    # Output to files, not pipes: nobody reads a pipe while we watch, and a full one would block the run.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([str(exe), *args], stdout=out, stderr=err, text=True, env=dict(os.environ))
+        try:
+            while killed is None and proc.poll() is None and time.monotonic() < deadline:
+                if any(row["step"] >= at_step for row in _rows_if_any(metrics_path)):
+                    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                    killed = max(int(a.pid) for a in workers)
+                    os.kill(killed, signal.SIGKILL)
+                time.sleep(0.2)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()), killed
 
 
 def _rows_if_any(path) -> list[dict]:
