@@ -4,11 +4,13 @@ from deblurdiff.models.autoencoder import ExactAutoencoder
 from deblurdiff.models.controlnet import LatentControlNet, LatentHintEmbedding
 from deblurdiff.models.lkpn import LKPN, LKPNOutput
 from deblurdiff.models.objective import (
+    FIXED_TIMESTEPS,
     CoTrainingModule,
     LossTerms,
     NoisePrediction,
     deblurdiff_loss,
     diffusion_target,
+    fixed_timestep_losses,
     predict_noise,
     training_step,
 )
@@ -16,6 +18,7 @@ from deblurdiff.models.presets import PRESETS, PipelineParts, ddpm_scheduler, sd
 from deblurdiff.models.text import NullTextEmbedding
 
 __all__ = [
+    "FIXED_TIMESTEPS",
     "CoTrainingModule",
     "ExactAutoencoder",
     "LKPN",
@@ -30,6 +33,7 @@ __all__ = [
     "ddpm_scheduler",
     "deblurdiff_loss",
     "diffusion_target",
+    "fixed_timestep_losses",
     "predict_noise",
     "sd21",
     "tiny",
