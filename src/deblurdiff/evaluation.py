@@ -138,7 +138,7 @@ def _lpips_status() -> str:
 def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list[torch.Tensor],
                    generator: torch.Generator) -> tuple[float, float, float]:
     """On the image's latent extent: MSE(z_b, z_0); MSE(ẑ, z_0) as the training objective defines ẑ
-    (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training recipe);
+    (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training loop);
     and MSE(ẑ, z_0) averaged over the steps of the real sampling run (x_t from the sampler)."""
     from deblurdiff.diffusion import _pad_to_multiple  # the pipeline's own padding, so latents line up
     from deblurdiff.models import fixed_timestep_losses

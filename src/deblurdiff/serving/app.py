@@ -234,7 +234,7 @@ class DeblurIngress:
         info = await self._info()
         # 1. parameters and size checks before the body is read (cheap refusals first)
         params = parse_params(request.query_params, limits, info["samplers"])
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits)
         data = await extract_image(request, body)
         # 2. header only: type and pixel count (decompression bombs never reach the decoder)
         width, height, _fmt = check_image(data, limits)

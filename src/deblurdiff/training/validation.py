@@ -20,7 +20,7 @@ from deblurdiff.evaluation import psnr
 from deblurdiff.models import fixed_timestep_losses
 from deblurdiff.pixels import to_uint8
 
-__all__ = ["validate"]
+__all__ = ["validate_pairs"]
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -29,7 +29,7 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int, bf16: bool = False,
+def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int, bf16: bool = False,
              latent_weight: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
     """sharp, blurry: (N, 3, H, W) float in [0, 1]. Returns (metrics, grid (N·H, 4·W, 3) uint8)."""
     device = pipe.unet.device
