@@ -73,6 +73,8 @@ def _describe_one(error: dict, unknown_key_hint: str) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check of the whole object (a model validator): its input is everything, not worth repeating
+        return message
     return f"{key}: {message} (got {error.get('input')!r})"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import torch
 from deblurdiff.errors import UsageError
 from deblurdiff.files import atomic_write, atomic_write_text
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, is_image_path
+from deblurdiff.pipelines.shard_format import BLUR, SHARP, iter_samples
 from deblurdiff.pixels import to_float, to_uint8
 
 logger = logging.getLogger(__name__)
@@ -73,12 +73,11 @@ def _decode_pair(key: str, blur_bytes: bytes | None, sharp_bytes: bytes | None) 
 
 
 def _iter_shards(shards: list[Path]) -> Iterator[Pair | Skipped]:
-    import webdataset as wds
-
-    # Raw bytes (no decoder): decoding goes through deblurdiff.imageio like everywhere else.
-    for sample in wds.WebDataset([str(p) for p in shards], shardshuffle=False, empty_check=False):
-        key = f"{Path(sample.get('__url__', '')).name}/{sample['__key__']}"
-        yield _decode_pair(key, sample.get("blur.png"), sample.get("sharp.png"))
+    # Raw bytes: decoding goes through deblurdiff.imageio like everywhere else.
+    for shard in shards:
+        with open(shard, "rb") as f:
+            for sample in iter_samples(f):
+                yield _decode_pair(f"{shard.name}/{sample.key}", sample.members.get(BLUR), sample.members.get(SHARP))
 
 
 def _iter_folders(root: Path) -> Iterator[Pair | Skipped]:
@@ -109,11 +108,11 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return to_float(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])  # (1, 3, H, W) in [0, 1]
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    from kornia.metrics import psnr
-
-    value = float(psnr(a, b, max_val=1.0))
-    return value if math.isfinite(value) else 100.0  # identical images: cap instead of inf in JSON
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1], (N, 3, H, W): each image's, averaged over the batch. The MSE is
+    floored at 1e-10, so identical images read 100 dB instead of inf (JSON has no inf)."""
+    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)  # (N,)
+    return float((10 * torch.log10(1.0 / mse)).mean())
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,27 +140,21 @@ def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list
     """On the image's latent extent: MSE(z_b, z_0); MSE(ẑ, z_0) as the training objective defines ẑ
     (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training loop);
     and MSE(ẑ, z_0) averaged over the steps of the real sampling run (x_t from the sampler)."""
-    from deblurdiff.models import predict_noise
     from deblurdiff.diffusion import _pad_to_multiple  # the pipeline's own padding, so latents line up
-    from deblurdiff.training.validation import VAL_TIMESTEPS
+    from deblurdiff.models import fixed_timestep_losses
 
     device, dtype = pipe._execution_device, pipe.unet.dtype
     m = pipe.pad_multiple
     z_b = pipe.encode(_pad_to_multiple(blurry.to(device), m), blurry=True, generator=generator)
     z_0 = pipe.encode(_pad_to_multiple(sharp.to(device), m), generator=generator)
     context = pipe.null_text_embedding(1).to(device, dtype)
-    objective = []
-    for t in VAL_TIMESTEPS:
-        eps = torch.randn(z_0.shape, generator=generator).to(device)
-        timesteps = torch.full((1,), t, device=device, dtype=torch.long)
-        x_t = pipe.scheduler.add_noise(z_0, eps, timesteps)
-        pred = predict_noise(pipe.unet, pipe.controlnet, pipe.lkpn, x_t.to(dtype), timesteps, z_b.to(dtype), context)
-        objective.append(float(torch.mean((pred.z_hat.float() - z_0) ** 2)))
+    objective = fixed_timestep_losses(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b.to(dtype),
+                                      context, generator)
     lh, lw = z_hats[0].shape[-2:]
     z_b, z_0 = z_b.cpu()[..., :lh, :lw], z_0.cpu()[..., :lh, :lw]
     blurry_mse = float(torch.mean((z_b - z_0) ** 2))
     sampling_mse = float(np.mean([float(torch.mean((z - z_0) ** 2)) for z in z_hats]))
-    return blurry_mse, float(np.mean(objective)), sampling_mse
+    return blurry_mse, objective.latent_loss.item(), sampling_mse
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -216,7 +209,7 @@ def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int = 20, sam
                                                             torch.Generator().manual_seed(seed))
         rows.append({
             "key": item.key, "width": item.sharp.shape[1], "height": item.sharp.shape[0],
-            "psnr_blurry": _psnr(blurry, sharp), "psnr_restored": _psnr(restored, sharp),
+            "psnr_blurry": psnr(blurry, sharp), "psnr_restored": psnr(restored, sharp),
             "ssim_blurry": _ssim(blurry, sharp), "ssim_restored": _ssim(restored, sharp),
             "blurry_latent_mse": blurry_mse, "lkpn_latent_mse": lkpn_mse,
             "lkpn_latent_mse_sampling": sampling_mse,

@@ -41,24 +41,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import re
     import signal
     import threading
 
     from deblurdiff.errors import UsageError
+    from deblurdiff.serving.app import AppArgs, validate_args
     from deblurdiff.serving.local import ServeRunner, check_model_dir
 
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 1-65535")
-    for flag in ("min_replicas", "max_replicas", "max_ongoing_requests", "max_queued_requests",
-                 "max_batch_size", "default_steps"):
-        value = getattr(args, flag)
-        low = 0 if flag == "min_replicas" else 1
-        if value is not None and value < low:
-            raise UsageError(f"--{flag.replace('_', '-')} {value}: expected an integer >= {low}")
-    if args.min_replicas > args.max_replicas:
-        raise UsageError(f"--min-replicas {args.min_replicas} is above --max-replicas {args.max_replicas}")
-    if args.request_timeout_s <= 0 or args.target_ongoing_requests <= 0:
-        raise UsageError("--request-timeout-s and --target-ongoing-requests must be > 0")
     app_args = {
         "model": check_model_dir(args.model),
         "device": args.device,
@@ -72,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.default_steps is not None:
         app_args["default_steps"] = args.default_steps
-    from deblurdiff.serving.app import validate_args
-
-    try:
-        validate_args(app_args)
-    except ValueError as exc:  # anything the checks above did not name
-        raise UsageError(str(exc)) from None
+    try:  # the library's one check (AppArgs); its message names keys, the user typed flags
+        app_args = validate_args(app_args, source="arguments")
+    except ValueError as exc:
+        message = str(exc)
+        for key in sorted(set(app_args) & set(AppArgs.model_fields), key=len, reverse=True):
+            message = re.sub(rf"\b{key}\b", "--" + key.replace("_", "-"), message)
+        raise UsageError(message) from None
 
     stop = threading.Event()
     runner = ServeRunner(app_args, host=args.host, port=args.port, address=args.address)

@@ -37,16 +37,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deblurdiff import _ray
-    from deblurdiff.errors import UsageError
     from deblurdiff.pipelines.synth import plan_synth
 
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers: expected an integer >= 1, got {args.workers}")
-    # Check arguments, inputs and output before paying for Ray's start-up.
+    # The library checks arguments, inputs and output (UsageError -> exit 2) before Ray starts.
     job = plan_synth(args.input, args.output, recipe=args.recipe, crop=args.crop,
                      crops_per_image=args.crops_per_image, seed=args.seed, shard_size=args.shard_size,
-                     resume=args.resume)
+                     workers=args.workers, resume=args.resume)
     _ray.connect(args.address)
-    summary = job.run(workers=args.workers)
+    summary = job.run()
     print(summary.line(), flush=True)
     return 0

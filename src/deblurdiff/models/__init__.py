@@ -4,11 +4,13 @@ from deblurdiff.models.autoencoder import ExactAutoencoder
 from deblurdiff.models.controlnet import LatentControlNet, LatentHintEmbedding
 from deblurdiff.models.lkpn import LKPN, LKPNOutput
 from deblurdiff.models.objective import (
+    FIXED_TIMESTEPS,
     CoTrainingModule,
     LossTerms,
     NoisePrediction,
     deblurdiff_loss,
     diffusion_target,
+    fixed_timestep_losses,
     predict_noise,
     training_step,
 )
@@ -17,6 +19,7 @@ from deblurdiff.models.text import NullTextEmbedding
 
 __all__ = [
     "COMPONENTS",
+    "FIXED_TIMESTEPS",
     "CoTrainingModule",
     "ExactAutoencoder",
     "LKPN",
@@ -31,6 +34,7 @@ __all__ = [
     "ddpm_scheduler",
     "deblurdiff_loss",
     "diffusion_target",
+    "fixed_timestep_losses",
     "predict_noise",
     "sd21",
     "tiny",

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CoTrainingModule", "LossTerms", "NoisePrediction", "deblurdiff_loss", "diffusion_target", "predict_noise",
-           "training_step"]
+__all__ = ["FIXED_TIMESTEPS", "CoTrainingModule", "LossTerms", "NoisePrediction", "deblurdiff_loss", "diffusion_target",
+           "fixed_timestep_losses", "predict_noise", "training_step"]
+
+FIXED_TIMESTEPS = (50, 250, 500, 750, 950)  # spread over [0, 1000): the loss differs a lot with t
 
 
 @dataclass
@@ -103,11 +105,41 @@ def training_step(
     z_0: sharp latents, z_blur: blurry latents z_b (both scaled, (B, C, h, w));
     noise: eps ~ N(0, I) like z_0; timesteps: (B,) ints in [0, T); context: (B, L, D).
     """
-    # Forward diffusion q(x_t | z_0): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps.
-    x_t = noise_scheduler.add_noise(z_0, noise, timesteps)
+    # Forward diffusion q(x_t | z_0): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps, in the networks' dtype (z_b's;
+    # evaluation keeps an fp32 z_0 as the target beside a half-precision model).
+    x_t = noise_scheduler.add_noise(z_0, noise, timesteps).to(z_blur.dtype)
     pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context)
     target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
     return deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
+
+
+def fixed_timestep_losses(
+    unet: nn.Module,
+    controlnet: nn.Module,
+    lkpn: nn.Module,
+    noise_scheduler,
+    z_0: torch.Tensor,
+    z_blur: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+    latent_weight: float = 1.0,
+    timesteps: tuple[int, ...] = FIXED_TIMESTEPS,
+) -> LossTerms:
+    """The co-training loss terms averaged over fixed ``timesteps``, with noise drawn (on the CPU) from
+    ``generator``: deterministic for a given seed, so runs and checkpoints compare. Used by training's
+    validation and by ``deblurdiff eval`` (whose ``lkpn_latent_mse`` is ``latent_loss``, MSE(ẑ, z_0)).
+
+    z_0, z_blur: (B, C, h, w); context: (B, L, D). Returns 0-dim fp32 tensors.
+    """
+    n, device = z_0.shape[0], z_0.device
+    per_t = []
+    for t in timesteps:
+        eps = torch.randn(z_0.shape, generator=generator).to(device)
+        t_batch = torch.full((n,), t, device=device, dtype=torch.long)
+        per_t.append(training_step(unet, controlnet, lkpn, noise_scheduler, z_0, z_blur, eps, t_batch, context,
+                                   latent_weight))
+    mean = lambda name: torch.stack([getattr(terms, name).float() for terms in per_t]).mean()  # noqa: E731
+    return LossTerms(loss=mean("loss"), diffusion_loss=mean("diffusion_loss"), latent_loss=mean("latent_loss"))
 
 
 class CoTrainingModule(nn.Module):

@@ -9,6 +9,14 @@ If a build fails, the pure-PyTorch path runs instead and says so: a ``RuntimeWar
 line carrying the compiler's error, and :func:`deblurdiff.ops.eac_backend` returns ``"cpu-torch"`` /
 ``"cuda-torch"`` rather than ``"cpu"`` / ``"cuda"``. Set ``DEBLURDIFF_EAC_BACKEND=torch`` to choose
 the PyTorch path on purpose (debugging, a machine without a compiler).
+
+Registration: the op schemas live in ``eac_op.py``. Loading a compiled library registers its C++
+kernels against them for its device (``TORCH_LIBRARY_IMPL(deblurdiff, CPU|CUDA, ...)``); the
+fallback registers the ``_torch_impl`` functions for that device through a ``torch.library.Library``
+that is dropped again (bringing the compiled kernels back) if the compiled backend is chosen later.
+The build changes no process-wide setting: ``ninja``'s folder is put on ``PATH`` only while
+``cpp_extension`` runs (it looks the program up there), and the CUDA architectures are passed as
+compiler flags instead of through ``TORCH_CUDA_ARCH_LIST``.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -43,35 +51,63 @@ STALE_LOCK_S = 15 * 60
 
 @dataclass(frozen=True)
 class Backend:
-    """The three kernels that run on one device type, and what they are called."""
+    """Which EAC kernels run on one device type."""
 
-    name: str  # "cpu" | "cuda" | "cpu-torch" | "cuda-torch"
-    forward: Callable  # (input, kernel, k) -> out
-    grad_input: Callable  # (grad_out, kernel, k) -> grad_input
-    grad_kernel: Callable  # (grad_out, input, k, groups) -> grad_kernel
+    device_type: str  # "cpu" | "cuda"
+    name: str  # "cpu" | "cuda" (compiled) | "cpu-torch" | "cuda-torch" (the PyTorch fallback)
     reason: str = ""  # why the PyTorch path runs, when it does
 
+    @property
+    def is_fallback(self) -> bool:
+        return self.name.endswith("-torch")
 
+
+_OPS = ("eac", "eac_grad_input", "eac_grad_kernel")
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 _lock = threading.Lock()
 _backends: dict[str, Backend] = {}
+_fallbacks: dict[str, torch.library.Library] = {}  # device type -> the registration of _torch_impl
 
 
 def backend(device_type: str) -> Backend:
     """The implementation for ``device_type`` ("cpu" or "cuda"), building it on first use."""
     found = _backends.get(device_type)
-    if found is not None:
-        return found
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("eac: no CUDA device is available here, so nothing runs on 'cuda'")
-    with _lock:  # one build per process, even when several threads hit the op at once
-        if device_type not in _backends:
-            _backends[device_type] = _select(device_type)
-        return _backends[device_type]
+    if found is None:
+        if device_type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("eac: no CUDA device is available here, so nothing runs on 'cuda'")
+        with _lock:  # one build per process, even when several threads hit the op at once
+            if device_type not in _backends:
+                _backends[device_type] = _select(device_type)
+            found = _backends[device_type]
+    if found.is_fallback != (device_type in _fallbacks):  # the dispatcher runs another one: switch
+        with _lock:
+            _register_fallback(device_type, found.is_fallback)
+    return found
+
+
+def has_kernel(op_name: str, device_type: str) -> bool:
+    """Does the dispatcher hold a ``device_type`` kernel for ``op_name`` ("deblurdiff::eac")?"""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op_name, _DISPATCH_KEYS[device_type])
+
+
+def _register_fallback(device_type: str, on: bool) -> None:
+    """Register (``on``) or drop the ``_torch_impl`` kernels for ``device_type``. A compiled library
+    loaded earlier stays registered beneath and runs again once the fallback is dropped."""
+    if on and device_type not in _fallbacks:
+        lib = torch.library.Library("deblurdiff", "IMPL")  # noqa: TOR901 - a device's kernels, not a schema
+        key = _DISPATCH_KEYS[device_type]
+        with warnings.catch_warnings():  # over a compiled library loaded before: overriding it is the point
+            warnings.filterwarnings("ignore", message="(?s).*Overriding a previously registered kernel")
+            for op, impl in zip(_OPS, (_torch_impl.forward, _torch_impl.grad_input, _torch_impl.grad_kernel)):
+                lib.impl(op, impl, key)
+        _fallbacks[device_type] = lib
+    elif not on and device_type in _fallbacks:
+        _fallbacks.pop(device_type)._destroy()
 
 
 def _torch_backend(device_type: str, reason: str) -> Backend:
-    return Backend(f"{device_type}-torch", _torch_impl.forward, _torch_impl.grad_input,
-                   _torch_impl.grad_kernel, reason)
+    _register_fallback(device_type, True)
+    return Backend(device_type, f"{device_type}-torch", reason)
 
 
 def _select(device_type: str) -> Backend:
@@ -86,9 +122,13 @@ def _select(device_type: str) -> Backend:
     build = _build_cpu if device_type == "cpu" else _build_cuda
     try:
         started = time.perf_counter()
-        ops = build()
+        build()  # loading the library registers its kernels against deblurdiff::* for this device
+        missing = [op for op in _OPS if not has_kernel(f"deblurdiff::{op}", device_type)]
+        if missing:
+            raise RuntimeError(f"the compiled library registered no {device_type} kernel for {', '.join(missing)}")
         logger.info("EAC on %s: compiled kernels ready in %.1fs", device_type, time.perf_counter() - started)
-        return Backend(device_type, ops.eac_forward, ops.eac_grad_input, ops.eac_grad_kernel)
+        _register_fallback(device_type, False)
+        return Backend(device_type, device_type)
     except Exception as err:  # noqa: BLE001 - any build/load failure falls back, loudly
         reason = f"{type(err).__name__}: {err}".strip()
         message = (f"deblurdiff.ops.eac: building the {device_type.upper()} kernels failed, so the slower "
@@ -123,21 +163,39 @@ def _build_directory(name: str) -> str:
     return str(path)
 
 
-def _ensure_ninja_on_path() -> None:
-    """cpp_extension runs the ``ninja`` executable from PATH. The ``ninja`` wheel (a dependency)
-    puts it in the environment's scripts dir, which is not on PATH when the venv is not activated
-    or the wheels were installed with ``pip --target``: add that dir."""
+def _ninja_dir() -> str | None:
+    """The folder of the ``ninja`` wheel's executable (a dependency), when ninja is not on PATH: the
+    wheel puts it in the environment's scripts dir, which is not on PATH when the venv is not
+    activated or the wheels were installed with ``pip --target``."""
     if shutil.which("ninja"):
-        return
+        return None
     try:
         import ninja
     except ImportError:
-        return  # cpp_extension then raises its own "Ninja is required" error (-> loud fallback)
+        return None  # cpp_extension then raises its own "Ninja is required" error (-> loud fallback)
     package_dir = Path(ninja.__file__).resolve().parent
     for candidate in (getattr(ninja, "BIN_DIR", ""), package_dir.parent / "bin", package_dir / "data" / "bin"):
         if candidate and (Path(candidate) / "ninja").is_file():
-            os.environ["PATH"] = f"{candidate}{os.pathsep}{os.environ.get('PATH', '')}"
-            return
+            return str(candidate)
+    return None
+
+
+@contextmanager
+def _ninja_on_path():
+    """cpp_extension runs ``ninja`` from PATH: extend PATH for the build only, then restore it."""
+    folder = _ninja_dir()
+    if folder is None:
+        yield
+        return
+    saved = os.environ.get("PATH")
+    os.environ["PATH"] = f"{folder}{os.pathsep}{saved or ''}"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = saved
 
 
 def _x86_flags() -> list[str]:
@@ -151,20 +209,19 @@ def _x86_flags() -> list[str]:
 def _build_cpu():
     from torch.utils import cpp_extension
 
-    _ensure_ninja_on_path()
     arch = _x86_flags()
     name = f"deblurdiff_eac_cpu_t{_tag(torch.__version__)}_{'avx2' if arch else 'base'}"
     logger.info("EAC: loading/building the CPU extension %s (first build takes ~30s)", name)
-    cpp_extension.load(
-        name=name,
-        sources=[str(CPU_SOURCE)],
-        extra_cflags=["-O3", "-fopenmp", *arch],  # -fopenmp: at::parallel_for uses torch's OpenMP pool
-        extra_ldflags=["-fopenmp"],
-        build_directory=_build_directory(name),
-        is_python_module=False,  # the .so registers torch.ops.deblurdiff_cpu.* (no pybind)
-        verbose=False,
-    )
-    return torch.ops.deblurdiff_cpu
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=name,
+            sources=[str(CPU_SOURCE)],
+            extra_cflags=["-O3", "-fopenmp", *arch],  # -fopenmp: at::parallel_for uses torch's OpenMP pool
+            extra_ldflags=["-fopenmp"],
+            build_directory=_build_directory(name),
+            is_python_module=False,  # the .so registers the CPU kernels of deblurdiff::* (no pybind)
+            verbose=False,
+        )
 
 
 def _build_cuda(verbose: bool = False, need_device: bool = True):
@@ -176,26 +233,28 @@ def _build_cuda(verbose: bool = False, need_device: bool = True):
         raise RuntimeError("CUDA is not available in this torch build / on this machine")
     if cpp_extension.CUDA_HOME is None:
         raise RuntimeError("no CUDA toolkit (nvcc) found; set CUDA_HOME")
-    _ensure_ninja_on_path()
-    if "TORCH_CUDA_ARCH_LIST" not in os.environ:
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")  # the user's choice, read by cpp_extension itself
+    arch_flags: list[str] = []
+    if not arch_list:
         if not torch.cuda.is_available():
             raise RuntimeError("no GPU to take the architecture from: set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0')")
-        # Build for the device that is here (sm_90 on Hopper) unless the user chose the archs.
+        # Build for the device that is here (sm_90 on Hopper). An "arch" flag of our own makes
+        # cpp_extension add none from TORCH_CUDA_ARCH_LIST, so that variable is left alone.
         major, minor = torch.cuda.get_device_capability()
-        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
-    arch_tag = _tag(os.environ["TORCH_CUDA_ARCH_LIST"])
-    name = f"deblurdiff_eac_cuda_t{_tag(torch.__version__)}_sm{arch_tag}"
-    logger.info("EAC: loading/building the CUDA extension %s for %s", name, os.environ["TORCH_CUDA_ARCH_LIST"])
-    cpp_extension.load(
-        name=name,
-        sources=[str(path) for path in CUDA_SOURCES],
-        extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "-lineinfo"],
-        build_directory=_build_directory(name),
-        is_python_module=False,  # registers torch.ops.deblurdiff_cuda.*
-        verbose=verbose,
-    )
-    return torch.ops.deblurdiff_cuda
+        arch_list = f"{major}.{minor}"
+        arch_flags = [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+    name = f"deblurdiff_eac_cuda_t{_tag(torch.__version__)}_sm{_tag(arch_list)}"
+    logger.info("EAC: loading/building the CUDA extension %s for %s", name, arch_list)
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=name,
+            sources=[str(path) for path in CUDA_SOURCES],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", "-lineinfo", *arch_flags],
+            build_directory=_build_directory(name),
+            is_python_module=False,  # registers the CUDA kernels of deblurdiff::*
+            verbose=verbose,
+        )
 
 
 def build_extensions(cuda: bool | None = None, verbose: bool = False) -> list[str]:

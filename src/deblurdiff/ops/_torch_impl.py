@@ -2,7 +2,7 @@
 
 Shift-and-accumulate over the k² taps, in place on the overlapping region of each tap, so the only
 temporaries are one input-sized product per tap (never the k²×input of ``F.unfold``). Half types
-accumulate in float32. Same signatures as the compiled ops (``torch.ops.deblurdiff_cpu.*``).
+accumulate in float32. Same signatures as the compiled kernels of ``deblurdiff::eac*`` (``csrc/``).
 """
 
 from __future__ import annotations

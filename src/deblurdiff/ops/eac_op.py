@@ -13,8 +13,14 @@ Three ops share the namespace ``deblurdiff``:
 
 EAC is bilinear in (input, kernel), so the gradient ops are themselves EACs in disguise and their
 gradients are expressed with the same three ops (double backward works, e.g. for gradgradcheck).
-Each op runs the compiled CPU or CUDA kernels (``_build.backend``), or the PyTorch fallback when the
-build failed; ``register_fake`` gives shapes to ``torch.compile`` / FakeTensor tracing.
+
+The schemas are defined here, once. The compiled kernels register against them from C++
+(``TORCH_LIBRARY_IMPL(deblurdiff, CPU|CUDA, ...)`` in ``csrc/``), so once built a call goes from the
+dispatcher straight to C++; when a build failed, ``_build`` registers the PyTorch fallback for that
+device instead. Which one runs is decided once per device type, on first use (``_build.backend``):
+:func:`eac` asks for it before dispatching, and the ``CompositeExplicitAutograd`` kernel below
+covers a first call that comes straight through ``torch.ops`` (a compiled graph, ``opcheck``).
+``register_fake`` gives shapes to ``torch.compile`` / FakeTensor tracing.
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ def eac(input: torch.Tensor, kernel: torch.Tensor, kernel_size: int) -> torch.Te
         True
     """
     check_eac_inputs(input, kernel, kernel_size)
+    if not torch.compiler.is_compiling():  # a compiled graph reaches the kernels through the dispatcher
+        _build.backend(input.device.type)  # built and registered on the first call (cached after)
     return torch.ops.deblurdiff.eac(input, kernel, kernel_size)
 
 
@@ -116,19 +124,29 @@ torch.library.define(_GRAD_INPUT, "(Tensor grad_out, Tensor kernel, int kernel_s
 torch.library.define(_GRAD_KERNEL, "(Tensor grad_out, Tensor input, int kernel_size, int groups) -> Tensor")
 
 
-@torch.library.impl(_EAC, ("cpu", "cuda"))
-def _eac_impl(input, kernel, kernel_size):
-    return _build.backend(input.device.type).forward(input, kernel, kernel_size)
+# First use on a device type only: no CPU/CUDA kernel is registered yet, so the dispatcher falls
+# through to these. They build (or load) the compiled kernels, or register the fallback, for the
+# device, then dispatch again, now to that device's own kernel. Later calls never come here.
+def _first_call(op_name: str, device_type: str, *args):
+    _build.backend(device_type)
+    if not _build.has_kernel(op_name, device_type):
+        raise RuntimeError(f"{op_name}: no kernel is registered for {device_type} after loading the backend")
+    return getattr(torch.ops.deblurdiff, op_name.split("::")[1])(*args)
 
 
-@torch.library.impl(_GRAD_INPUT, ("cpu", "cuda"))
-def _grad_input_impl(grad_out, kernel, kernel_size):
-    return _build.backend(grad_out.device.type).grad_input(grad_out, kernel, kernel_size)
+@torch.library.impl(_EAC, "CompositeExplicitAutograd")
+def _eac_first_call(input, kernel, kernel_size):
+    return _first_call(_EAC, input.device.type, input, kernel, kernel_size)
 
 
-@torch.library.impl(_GRAD_KERNEL, ("cpu", "cuda"))
-def _grad_kernel_impl(grad_out, input, kernel_size, groups):
-    return _build.backend(input.device.type).grad_kernel(grad_out, input, kernel_size, groups)
+@torch.library.impl(_GRAD_INPUT, "CompositeExplicitAutograd")
+def _grad_input_first_call(grad_out, kernel, kernel_size):
+    return _first_call(_GRAD_INPUT, grad_out.device.type, grad_out, kernel, kernel_size)
+
+
+@torch.library.impl(_GRAD_KERNEL, "CompositeExplicitAutograd")
+def _grad_kernel_first_call(grad_out, input, kernel_size, groups):
+    return _first_call(_GRAD_KERNEL, input.device.type, grad_out, input, kernel_size, groups)
 
 
 @torch.library.register_fake(_EAC)

@@ -11,7 +11,8 @@ Public API::
     #     batch["sharp"], batch["blurry"]            # float32 (B, 3, H, W) in [0, 1]
 
 Modules: ``sources`` (listing any filesystem), ``plan`` (samples, seeds, shards), ``stages``
-(decode/crop, synthesize, encode), ``sink`` (tar shards, manifest), ``synth`` (the shard job),
+(decode/crop, synthesize, encode), ``shard_format`` (member names, sample writer, the reader), ``sink``
+(tar shards, manifest), ``synth`` (the shard job),
 ``stream`` (the training source), ``_pool`` (actor-pool sizing).
 """
 

@@ -21,6 +21,8 @@ import re
 import tarfile
 import uuid
 
+from deblurdiff.pipelines.shard_format import sample_keys
+
 __all__ = ["ShardWriter", "OutputDir", "MANIFEST"]
 
 MANIFEST = "manifest.json"
@@ -129,10 +131,5 @@ class OutputDir:
 
     def shard_keys(self, shard: str) -> list[str]:
         """The sample keys in a shard, from its tar headers (no member data is read)."""
-        keys: list[str] = []
-        with self.fs.open_input_file(self.join(shard)) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-            for info in tar:
-                key = info.name.split(".", 1)[0]
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-        return keys
+        with self.fs.open_input_file(self.join(shard)) as raw:
+            return sample_keys(raw)

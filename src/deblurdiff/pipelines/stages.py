@@ -2,7 +2,7 @@
 
     bytes --decode_crops--> sharp crops (n, c, c, 3) uint8
           --synthesize_crops--> blurry crops (n, c, c, 3) uint8 + PSFs + drawn params
-          --encode_sample--> WebDataset members {sharp.png, blur.png, kernel.npy, meta.json}
+          --encode_sample--> WebDataset members {sharp.png, blur.png, kernel.npy, meta.json} (shard_format)
 
 Everything is a pure function of (bytes, settings, seed) so any worker, in any batch, makes the
 same bytes. The blurry image is quantised to 8 bits in both paths (it is an 8-bit image on disk),
@@ -11,14 +11,13 @@ so on-the-fly training data equals the pre-generated shards.
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from deblurdiff.imageio import ImageDecodeError, decode_rgb, encode_image
+from deblurdiff.imageio import ImageDecodeError, decode_rgb
 from deblurdiff.pipelines.plan import crop_box, sample_seed
+from deblurdiff.pipelines.shard_format import encode_sample  # the writer of one sample (the last step)
 from deblurdiff.pixels import to_float, to_uint8
 
 __all__ = ["Crop", "decode_crops", "synthesize_crops", "encode_sample"]
@@ -73,25 +72,3 @@ def synthesize_crops(sharp_u8: np.ndarray, seeds: list[int], recipe, device: str
 
 def blur_seeds(seed: int, source_key: str, crop_indices: list[int]) -> list[int]:
     return [sample_seed(seed, source_key, c, "blur") for c in crop_indices]
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-# PNG encoding was 55-76 % of the synthesis actors' CPU at level 6; level 1 is ~4x faster for ~10 %
-# more bytes, and just as lossless and deterministic.
-SHARD_PNG_LEVEL = 1
-
-
-def encode_sample(sharp_u8: np.ndarray, blurry_u8: np.ndarray, kernel: np.ndarray, meta: dict) -> dict[str, bytes]:
-    """The WebDataset members of one sample (DESIGN §3). PNG at a fixed compression level and
-    key-sorted JSON, so equal inputs give equal bytes."""
-    return {
-        "blur.png": encode_image(blurry_u8, "png", compress_level=SHARD_PNG_LEVEL),
-        "kernel.npy": _npy_bytes(kernel),
-        "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-        "sharp.png": encode_image(sharp_u8, "png", compress_level=SHARD_PNG_LEVEL),
-    }

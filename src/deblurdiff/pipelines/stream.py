@@ -27,6 +27,7 @@ from deblurdiff.imageio import ImageDecodeError, decode_rgb
 from deblurdiff.pipelines._pool import size_pool
 from deblurdiff.pipelines.plan import crop_box, sample_seed
 from deblurdiff.pipelines.sources import Source, list_sources, read_source, resolve_filesystem
+from deblurdiff.pipelines.shard_format import BLUR, SHARP
 from deblurdiff.pipelines.stages import decode_crops, synthesize_crops
 from deblurdiff.pixels import to_float
 
@@ -102,7 +103,7 @@ def _from_shards(paths: list[str], *, crop, seed, filesystem, num_cpus):
     tars, fs = list_shards(paths, filesystem)
     # decoder=None: members stay raw bytes (Ray's default decoder would decode PNG with Pillow
     # but not our way); only the two images are needed.
-    ds = ray.data.read_webdataset(tars, filesystem=fs, decoder=None, suffixes=["sharp.png", "blur.png"],
+    ds = ray.data.read_webdataset(tars, filesystem=fs, decoder=None, suffixes=[SHARP, BLUR],
                                   num_cpus=num_cpus)
     return ds.map_batches(_DecodePairs, fn_constructor_kwargs={"crop": crop, "seed": seed}, batch_size=16,
                           batch_format="numpy", num_cpus=num_cpus)
@@ -116,7 +117,7 @@ class _DecodePairs:
 
     def __call__(self, batch: dict) -> dict:
         sharp, blurry = [], []
-        for key, s_png, b_png in zip(batch["__key__"], batch["sharp.png"], batch["blur.png"]):
+        for key, s_png, b_png in zip(batch["__key__"], batch[SHARP], batch[BLUR]):
             s, b = decode_rgb(bytes(s_png)), decode_rgb(bytes(b_png))  # (H, W, 3) uint8
             if self.crop is not None:
                 h, w = s.shape[:2]

@@ -210,14 +210,16 @@ class SynthJob:
     plans: list[ShardPlan]
     settings: dict  # recipe, crop, crops_per_image, seed, shard_size, plan_digest, sources
     done: dict[str, dict]  # shards already complete (resume): name -> record
+    workers: int | None = None  # synthesis actors (None: one per CPU, or per GPU)
 
     @property
     def todo(self) -> list[ShardPlan]:
         return [p for p in self.plans if p.name not in self.done]
 
-    def run(self, workers: int | None = None, use_gpu: bool | None = None) -> SynthSummary:
+    def run(self, use_gpu: bool | None = None) -> SynthSummary:
         """Steps 4-5 on the connected Ray cluster."""
         started = time.perf_counter()
+        workers = self.workers
         out, todo = self.output, self.todo
         out.prepare()
         manifest = _Manifest(self, written={p.name for p in todo})
@@ -245,8 +247,8 @@ class SynthJob:
 
 
 def plan_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int = 512, crops_per_image: int = 1,
-               seed: int = 0, shard_size: int = 256, resume: bool = False, batch_size: int = 8,
-               filesystem=None) -> SynthJob:
+               seed: int = 0, shard_size: int = 256, workers: int | None = None, resume: bool = False,
+               batch_size: int = 8, filesystem=None) -> SynthJob:
     """Validate the arguments, list and plan the corpus, check the output (steps 1-3).
 
     Raises UsageError naming the argument or path for bad values, missing inputs, an output that
@@ -254,7 +256,7 @@ def plan_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int 
     """
     from deblurdiff.blur_synthesis import load_recipe
 
-    _check_args(crop, crops_per_image, shard_size, None, batch_size)
+    _check_args(crop, crops_per_image, shard_size, workers, batch_size)
     if not isinstance(seed, int) or seed < 0:
         raise UsageError(f"--seed: expected an integer >= 0, got {seed!r}")
     try:
@@ -278,7 +280,8 @@ def plan_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int 
                 "sources": len(corpus.sources)}
 
     # 3. a fresh output, or the shards a previous run did not finish
-    job = SynthJob(inputs, out, recipe, crop, crops_per_image, seed, batch_size, corpus, plans, settings, {})
+    job = SynthJob(inputs, out, recipe, crop, crops_per_image, seed, batch_size, corpus, plans, settings, {},
+                   workers=workers)
     if out.has_run():
         if not resume:
             raise UsageError(f"--output {output}: already holds a synth run (shards or {MANIFEST}); "
@@ -304,11 +307,10 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
     filesystem for inputs and output when URIs alone do not say how to reach them.
     Raises UsageError as ``plan_synth`` does.
     """
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise UsageError(f"--workers: expected an integer >= 1, got {workers!r}")
     job = plan_synth(inputs, output, recipe=recipe, crop=crop, crops_per_image=crops_per_image, seed=seed,
-                     shard_size=shard_size, resume=resume, batch_size=batch_size, filesystem=filesystem)
-    return job.run(workers=workers, use_gpu=use_gpu)
+                     shard_size=shard_size, workers=workers, resume=resume, batch_size=batch_size,
+                     filesystem=filesystem)
+    return job.run(use_gpu=use_gpu)
 
 
 # ----------------------------------------------------------------------------- resume

@@ -3,7 +3,7 @@
 ::
 
     HTTP -> proxy -> DeblurIngress (FastAPI: limits, validation, decode/encode, JSON errors)
-                          |  handle.deblur.remote({"image": (H, W, 3) uint8, steps, sampler, seed, tile})
+                          |  handle.deblur.remote(DeblurJob(image (H, W, 3) uint8, steps, sampler, seed, tile))
                           v
                      DeblurModel (pipeline loaded once per replica; @serve.batch groups requests of
                                   the same size + steps + sampler + tile into one pipeline call)
@@ -46,7 +46,7 @@ from deblurdiff.imageio import ImageDecodeError, decode_rgb, encode_image
 from deblurdiff.serving.http import check_image, extract_image, read_body
 from deblurdiff.serving.kernel_map import spread_to_rgb
 from deblurdiff.serving.limits import MEDIA_TYPES, ApiError, Limits, auto_tile, parse_params
-from deblurdiff.serving.model import BatchSettings, DeblurModel
+from deblurdiff.serving.model import BatchSettings, DeblurJob, DeblurModel, DeblurResult, JobError
 
 __all__ = ["AppArgs", "DeblurIngress", "DeblurModel", "build_app", "validate_args"]
 
@@ -132,15 +132,15 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def _result_headers(params, result: dict, started: float) -> dict:
+def _result_headers(params, result: DeblurResult, started: float) -> dict:
     return {
         "X-Deblur-Seed": str(params.seed),
         "X-Deblur-Steps": str(params.steps),
-        "X-Deblur-Sampler": result["sampler"],
+        "X-Deblur-Sampler": result.sampler,
         "X-Deblur-Tile": str(params.tile or 0),
-        "X-Deblur-Batch-Size": str(result["batch_size"]),
-        "X-Deblur-Replica": result["replica"],
-        "X-Deblur-Inference-Seconds": f"{result['seconds']:.3f}",
+        "X-Deblur-Batch-Size": str(result.batch_size),
+        "X-Deblur-Replica": result.replica,
+        "X-Deblur-Inference-Seconds": f"{result.seconds:.3f}",
         "X-Deblur-Total-Seconds": f"{time.perf_counter() - started:.3f}",
     }
 
@@ -204,8 +204,7 @@ class DeblurIngress:
         started = time.perf_counter()
         params, job, limits = await self._read_job(request)
         result = await self._infer(job, limits.request_timeout_s)
-        out = result["image"]  # (H, W, 3) uint8, same size as the input
-        encoded = await asyncio.to_thread(encode_image, out, params.format)
+        encoded = await asyncio.to_thread(encode_image, result.image, params.format)  # input's size
         return Response(encoded, media_type=MEDIA_TYPES[params.format],
                         headers=_result_headers(params, result, started))
 
@@ -216,11 +215,11 @@ class DeblurIngress:
         started = time.perf_counter()
         params, job, limits = await self._read_job(request, kernel_map=True)
         result = await self._infer(job, limits.request_timeout_s)
-        height, width = job["image"].shape[:2]
+        height, width = job.image.shape[:2]
         info = await self._info()
         p = (info["kernel_size"] - 1) // 2
         vmax = p * 2 ** 0.5  # the widest possible spread, so maps are comparable across images
-        spread = result["spread"]
+        spread = result.spread  # (h, w)
         rgb = await asyncio.to_thread(spread_to_rgb, spread, width, height, vmax)
         encoded = await asyncio.to_thread(encode_image, rgb, "png")
         headers = _result_headers(params, result, started)
@@ -247,11 +246,11 @@ class DeblurIngress:
             if "too many pixels" in str(exc):  # Pillow's own bomb guard (max_pixels set above it)
                 raise ApiError(413, "too_many_pixels", f"image: {exc}") from None
             raise ApiError(400, "invalid_image", f"image: not a decodable image: {exc}") from None
-        job = {"image": rgb, "steps": params.steps, "sampler": params.sampler, "seed": params.seed,
-               "tile": params.tile, "kernel_map": kernel_map}
+        job = DeblurJob(image=rgb, steps=params.steps, sampler=params.sampler, seed=params.seed, tile=params.tile,
+                        kernel_map=kernel_map)
         return params, job, limits
 
-    async def _infer(self, job: dict[str, Any], timeout_s: float) -> dict:
+    async def _infer(self, job: DeblurJob, timeout_s: float) -> DeblurResult:
         response = self._model.deblur.remote(job)
 
         async def wait():
@@ -273,9 +272,8 @@ class DeblurIngress:
             logger.warning("model call failed: %s", exc)
             raise ApiError(503, "model_unavailable",
                            f"model replica failed ({type(exc).__name__}); retry later") from None
-        if "error" in result:  # the model refused this job (e.g. out of memory); others in its batch ran
-            err = result["error"]
-            raise ApiError(err["status"], err["code"], err["message"])
+        if isinstance(result, JobError):  # the model refused this job (e.g. out of memory); its batch mates ran
+            raise ApiError(result.status, result.code, result.message)
         return result
 
 
@@ -295,17 +293,19 @@ def _wants_gpu(args: AppArgs) -> float:
     return 0.0
 
 
-def validate_args(args: dict[str, Any]) -> AppArgs:
-    """``args`` as :class:`AppArgs`, or a ValueError naming the key and why."""
+def validate_args(args: dict[str, Any], source: str = "deblurdiff.serving.app:build_app args") -> AppArgs:
+    """``args`` as :class:`AppArgs`, or a ValueError naming ``source``, the key and why. The one check
+    of Serve's arguments: ``deblurdiff serve`` and ``ServeRunner`` call it and hand on the result."""
     try:
         return AppArgs.model_validate(dict(args or {}))
     except ValidationError as exc:
-        raise ValueError(describe_validation_error(exc, "deblurdiff.serving.app:build_app args")) from None
+        raise ValueError(describe_validation_error(exc, source)) from None
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve application builder: ``args`` as :class:`AppArgs` (at least ``model``)."""
-    cfg = validate_args(args)
+def build_app(args: dict[str, Any] | AppArgs) -> serve.Application:
+    """Serve application builder: ``args`` as :class:`AppArgs` (at least ``model``), or a dict of them
+    (``serve run deblurdiff.serving.app:build_app model=DIR``, a RayService), validated here."""
+    cfg = args if isinstance(args, AppArgs) else validate_args(args)
     num_gpus = _wants_gpu(cfg)
     device = cfg.device if not (cfg.device == "auto" and num_gpus > 0) else "cuda"
     autoscaling = {

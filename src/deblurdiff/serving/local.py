@@ -52,9 +52,12 @@ def _display_host(host: str) -> str:
 class ServeRunner:
     """Deploy ``build_app(app_args)`` on Ray Serve and take it down again (context manager)."""
 
-    def __init__(self, app_args: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
+    def __init__(self, app_args, *, host: str = "127.0.0.1", port: int = 8000,
                  address: str | None = None, app_name: str = APP_NAME, route_prefix: str = "/"):
-        self.app_args = dict(app_args)
+        from deblurdiff.serving.app import AppArgs, validate_args
+
+        # Validated once, here: bad args fail before any Ray process starts (ValueError naming the key).
+        self.app_args = app_args if isinstance(app_args, AppArgs) else validate_args(app_args)
         self.host, self.port = host, port
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.app_name, self.route_prefix = app_name, route_prefix
@@ -68,9 +71,8 @@ class ServeRunner:
         from ray import serve
 
         from deblurdiff._ray import connect
-        from deblurdiff.serving.app import build_app, validate_args
+        from deblurdiff.serving.app import build_app
 
-        validate_args(self.app_args)  # bad args fail before any Ray process starts
         if not ray.is_initialized():
             if self.address is None and not _port_free(self.host, self.port):
                 raise UsageError(f"--port {self.port}: already in use on {self.host} (choose another with --port)")

@@ -15,15 +15,16 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
 from pydantic import Field
 from ray import serve
 
 from deblurdiff.config import Section
 from deblurdiff.pixels import to_uint8
 
-__all__ = ["BatchSettings", "DeblurModel", "group_jobs"]
+__all__ = ["BatchSettings", "DeblurJob", "DeblurModel", "DeblurResult", "JobError", "group_jobs"]
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,16 +36,48 @@ class BatchSettings(Section):
     batch_wait_timeout_s: float = Field(0.05, ge=0)  # how long the first request waits for company
 
 
-def group_key(job: dict) -> tuple:
-    height, width = job["image"].shape[:2]
-    return (height, width, job["steps"], job["sampler"], job["tile"], job.get("kernel_map", False))
+# ----------------------------------------------------------------------------- ingress <-> replica
+@dataclass(frozen=True)
+class DeblurJob:
+    """One image to deblur, as the ingress validated it (``DeblurIngress._read_job``)."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    steps: int
+    sampler: str | None  # None: the pipeline's default
+    seed: int
+    tile: int | None  # None: whole image
+    kernel_map: bool = False  # also return the last step's kernel spread
+
+    def group_key(self) -> tuple:
+        """Jobs with equal keys share one pipeline call (same padded latent shape and settings)."""
+        height, width = self.image.shape[:2]
+        return (height, width, self.steps, self.sampler, self.tile, self.kernel_map)
 
 
-def group_jobs(jobs: list[dict]) -> list[list[int]]:
-    """Indices of ``jobs`` grouped by :func:`group_key`, first-come order kept inside each group."""
+@dataclass(frozen=True)
+class DeblurResult:
+    image: np.ndarray  # (H, W, 3) uint8, the input's size
+    batch_size: int  # images in the pipeline call this one ran in
+    seconds: float  # that call's inference time
+    sampler: str
+    replica: str
+    spread: np.ndarray | None = None  # (h, w) kernel spread in latent px, for kernel_map jobs
+
+
+@dataclass(frozen=True)
+class JobError:
+    """The replica refused this job (its batch mates ran): the HTTP status and error body to send."""
+
+    status: int
+    code: str
+    message: str
+
+
+def group_jobs(jobs: list[DeblurJob]) -> list[list[int]]:
+    """Indices of ``jobs`` grouped by :meth:`DeblurJob.group_key`, first-come order kept in each group."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, job in enumerate(jobs):
-        groups[group_key(job)].append(index)
+        groups[job.group_key()].append(index)
     return list(groups.values())
 
 
@@ -119,20 +152,19 @@ class DeblurModel:
         if self._fatal is not None:
             raise RuntimeError(f"replica unusable after a device error: {self._fatal}")
 
-    async def deblur(self, job: dict[str, Any]) -> dict:
-        """One image in, one result out: ``{"image": (H, W, 3) uint8, "batch_size", "seconds", "sampler",
-        "replica"}`` or ``{"error": {"status", "code", "message"}}``."""
+    async def deblur(self, job: DeblurJob) -> DeblurResult | JobError:
+        """One image in, one result out (or the reason this job alone failed)."""
         return await self._batched(job)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _batched(self, jobs: list[dict]) -> list[dict]:
+    async def _batched(self, jobs: list[DeblurJob]) -> list[DeblurResult | JobError]:
         # The pipeline runs in a worker thread so this replica's event loop keeps answering health
         # checks, cancellations and queueing the next batch while it computes.
         return await asyncio.to_thread(self._run_batch, jobs)
 
     # ------------------------------------------------------------------ inference (worker thread)
-    def _run_batch(self, jobs: list[dict]) -> list[dict]:
-        results: list[dict | None] = [None] * len(jobs)
+    def _run_batch(self, jobs: list[DeblurJob]) -> list[DeblurResult | JobError]:
+        results: list[DeblurResult | JobError | None] = [None] * len(jobs)
         for indices in group_jobs(jobs):
             group = [jobs[i] for i in indices]
             started = time.perf_counter()
@@ -141,35 +173,32 @@ class DeblurModel:
             except Exception as exc:  # noqa: BLE001 - one bad group must not fail the others
                 error = self._classify(exc)
                 for i in indices:
-                    results[i] = {"error": error}
+                    results[i] = error
                 continue
             seconds = time.perf_counter() - started
             for i, image, spread in zip(indices, images, spreads):
-                results[i] = {"image": image, "batch_size": len(indices), "seconds": seconds,
-                              "sampler": jobs[i]["sampler"] or self._info["default_sampler"],
-                              "replica": self._replica}
-                if spread is not None:
-                    results[i]["spread"] = spread
+                results[i] = DeblurResult(image=image, batch_size=len(indices), seconds=seconds,
+                                          sampler=jobs[i].sampler or self._info["default_sampler"],
+                                          replica=self._replica, spread=spread)
         return results  # same order as jobs: Serve hands result k to caller k
 
-    def _run_group(self, group: list[dict]):
+    def _run_group(self, group: list[DeblurJob]):
         """Jobs of one group_key -> (images (H, W, 3) uint8, spread maps (h, w) or None) in job order."""
-        import numpy as np
         import torch
 
         from deblurdiff.serving.kernel_map import kernel_spread
 
         first = group[0]
         # One generator per image: its result depends on its own seed only, not on its batch mates.
-        generators = [torch.Generator(device="cpu").manual_seed(job["seed"]) for job in group]
+        generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in group]
         kwargs = {}
-        if first["sampler"] is not None:
-            kwargs["sampler"] = first["sampler"]
-        if first["tile"] is not None:
-            kwargs["tile_size"] = first["tile"]
-        want_map = bool(first.get("kernel_map"))
+        if first.sampler is not None:
+            kwargs["sampler"] = first.sampler
+        if first.tile is not None:
+            kwargs["tile_size"] = first.tile
+        want_map = first.kernel_map
         with torch.inference_mode():
-            out = self.pipe([job["image"] for job in group], num_inference_steps=first["steps"],
+            out = self.pipe([job.image for job in group], num_inference_steps=first.steps,
                             generator=generators, output_type="np", return_intermediates=want_map, **kwargs)
         # (B, H, W, 3) float in [0, 1] -> uint8 per image
         images = [to_uint8(np.asarray(img)) for img in out.images]
@@ -178,16 +207,16 @@ class DeblurModel:
             spreads = list(kernel_spread(out.kernels[-1], self.pipe.lkpn.config.kernel_size))
         return images, spreads
 
-    def _classify(self, exc: Exception) -> dict:
+    def _classify(self, exc: Exception) -> JobError:
         import torch
 
         if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             logger.warning("out of memory on a batch: %s", exc)
-            return {"status": 503, "code": "out_of_memory",
-                    "message": "the model ran out of memory for this image; retry later or pass a smaller tile"}
+            return JobError(503, "out_of_memory",
+                            "the model ran out of memory for this image; retry later or pass a smaller tile")
         if _is_fatal_device_error(exc):
             self._fatal = f"{type(exc).__name__}: {exc}"
         logger.exception("inference failed")
-        return {"status": 500, "code": "inference_failed", "message": f"{type(exc).__name__}: {exc}"}
+        return JobError(500, "inference_failed", f"{type(exc).__name__}: {exc}")

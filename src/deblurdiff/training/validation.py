@@ -16,17 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deblurdiff.models import training_step
+from deblurdiff.evaluation import psnr
+from deblurdiff.models import fixed_timestep_losses
 from deblurdiff.pixels import to_uint8
 
-__all__ = ["VAL_TIMESTEPS", "validate_pairs"]
-
-VAL_TIMESTEPS = (50, 250, 500, 750, 950)  # spread over [0, 1000): the loss differs a lot with t
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-10)  # (N,)
-    return float((10 * torch.log10(1.0 / mse)).mean())
+__all__ = ["validate_pairs"]
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -51,16 +45,10 @@ def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: in
     context = pipe.null_text_embedding(n).to(device, dtype)
 
     # 2. the training objective (the model's own loss function) at fixed timesteps with fixed noise
-    terms = {"loss": 0.0, "diffusion_loss": 0.0, "latent_mse": 0.0}
-    for t in VAL_TIMESTEPS:
-        eps = torch.randn(z_0.shape, generator=g).to(device)
-        timesteps = torch.full((n,), t, device=device, dtype=torch.long)
-        with autocast:
-            lt = training_step(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, eps, timesteps,
-                               context, latent_weight)
-        terms["loss"] += lt.loss.item() / len(VAL_TIMESTEPS)
-        terms["diffusion_loss"] += lt.diffusion_loss.item() / len(VAL_TIMESTEPS)
-        terms["latent_mse"] += lt.latent_loss.item() / len(VAL_TIMESTEPS)
+    with autocast:
+        lt = fixed_timestep_losses(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, context, g,
+                                   latent_weight)
+    terms = {"loss": lt.loss.item(), "diffusion_loss": lt.diffusion_loss.item(), "latent_mse": lt.latent_loss.item()}
 
     # 3. a full restoration with the fast sampler, keeping the last step's ẑ
     with autocast:
@@ -72,8 +60,8 @@ def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: in
 
     metrics = {f"val/{k}": v for k, v in terms.items()}
     metrics["val/blurry_latent_mse"] = float(torch.nn.functional.mse_loss(z_b, z_0))
-    metrics["val/psnr_blurry"] = _psnr(blurry, sharp)
-    metrics["val/psnr_restored"] = _psnr(restored, sharp)
+    metrics["val/psnr_blurry"] = psnr(blurry, sharp)
+    metrics["val/psnr_restored"] = psnr(restored, sharp)
 
     # 4. the grid: blurry | decoded ẑ | restored | sharp, one row per pair
     rows = [np.concatenate([_to_uint8(x[i]) for x in (blurry, z_hat_decoded, restored, sharp)], axis=1)

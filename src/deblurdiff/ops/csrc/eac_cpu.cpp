@@ -14,8 +14,9 @@
 // Half types (float16, bfloat16) are converted row by row into float scratch and accumulate in
 // float (at::opmath_type); float32 and float64 read the tensors in place.
 //
-// Registered as private ops torch.ops.deblurdiff_cpu.{eac_forward, eac_grad_input, eac_grad_kernel};
-// the public op deblurdiff::eac (schema, autograd, fake) lives in deblurdiff/ops/eac_op.py.
+// Registered as the CPU kernels of the ops deblurdiff::{eac, eac_grad_input, eac_grad_kernel}, whose
+// one schema (with autograd, fake and autocast) is defined in deblurdiff/ops/eac_op.py: once this
+// library is loaded, a call on CPU tensors reaches these functions straight from the dispatcher.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -23,6 +24,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include "eac_checks.h"
 
 #include <omp.h>
 
@@ -209,25 +212,17 @@ int64_t grain(const Geometry& s) {
   return std::max<int64_t>(1, kGrainFlops / std::max<int64_t>(1, s.kk * s.W * s.cpg));
 }
 
-void check_args(const at::Tensor& a, const at::Tensor& b, int64_t k) {
-  TORCH_CHECK(a.dim() == 4 && b.dim() == 4, "eac: expected 4-D tensors, got ", a.dim(), "-D and ",
-              b.dim(), "-D");
-  TORCH_CHECK(k > 0 && k % 2 == 1, "eac: expected a positive odd kernel_size, got ", k);
-  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "eac (cpu): expected CPU tensors");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "eac: expected tensors of one dtype, got ",
-              a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
-              "eac: expected equal batch and spatial sizes, got ", a.sizes(), " and ", b.sizes());
-}
+using deblurdiff_eac::check_grad_kernel;
+using deblurdiff_eac::check_pair;
+using deblurdiff_eac::groups_of;
 
 at::Tensor eac_forward(const at::Tensor& input_, const at::Tensor& kernel_, int64_t k) {
-  check_args(input_, kernel_, k);
+  check_pair(input_, kernel_, k);
   const int64_t C = input_.size(1);
-  TORCH_CHECK(kernel_.size(1) % (k * k) == 0 && C % (kernel_.size(1) / (k * k)) == 0,
-              "eac: kernel channels must be G·k² with G dividing C=", C, ", got ", kernel_.size(1));
+  const int64_t G = groups_of(kernel_, C, k);
   const at::Tensor input = input_.contiguous();
   const at::Tensor kernel = kernel_.contiguous();
-  const Geometry s = geometry(input, C, kernel.size(1) / (k * k), k);
+  const Geometry s = geometry(input, C, G, k);
   at::Tensor out = at::empty(input.sizes(), input.options());
   if (out.numel() == 0) return out;
 
@@ -266,13 +261,12 @@ at::Tensor eac_forward(const at::Tensor& input_, const at::Tensor& kernel_, int6
 }
 
 at::Tensor eac_grad_input(const at::Tensor& grad_out_, const at::Tensor& kernel_, int64_t k) {
-  check_args(grad_out_, kernel_, k);
+  check_pair(grad_out_, kernel_, k);
   const int64_t C = grad_out_.size(1);
-  TORCH_CHECK(kernel_.size(1) % (k * k) == 0 && C % (kernel_.size(1) / (k * k)) == 0,
-              "eac: kernel channels must be G·k² with G dividing C=", C, ", got ", kernel_.size(1));
+  const int64_t G = groups_of(kernel_, C, k);
   const at::Tensor grad_out = grad_out_.contiguous();
   const at::Tensor kernel = kernel_.contiguous();
-  const Geometry s = geometry(grad_out, C, kernel.size(1) / (k * k), k);
+  const Geometry s = geometry(grad_out, C, G, k);
   at::Tensor grad_in = at::empty(grad_out.sizes(), grad_out.options());
   if (grad_in.numel() == 0) return grad_in;
 
@@ -320,10 +314,9 @@ at::Tensor eac_grad_input(const at::Tensor& grad_out_, const at::Tensor& kernel_
 }
 
 at::Tensor eac_grad_kernel(const at::Tensor& grad_out_, const at::Tensor& input_, int64_t k, int64_t groups) {
-  check_args(grad_out_, input_, k);
+  check_pair(grad_out_, input_, k);
+  check_grad_kernel(grad_out_, input_, groups);
   const int64_t C = input_.size(1);
-  TORCH_CHECK(grad_out_.size(1) == C, "eac: grad_out and input channel counts differ");
-  TORCH_CHECK(groups > 0 && C % groups == 0, "eac: groups must divide C=", C, ", got ", groups);
   const at::Tensor grad_out = grad_out_.contiguous();
   const at::Tensor input = input_.contiguous();
   const Geometry s = geometry(input, C, groups, k);
@@ -378,14 +371,9 @@ at::Tensor eac_grad_kernel(const at::Tensor& grad_out_, const at::Tensor& input_
 
 }  // namespace
 
-TORCH_LIBRARY(deblurdiff_cpu, m) {
-  m.def("eac_forward(Tensor input, Tensor kernel, int kernel_size) -> Tensor");
-  m.def("eac_grad_input(Tensor grad_out, Tensor kernel, int kernel_size) -> Tensor");
-  m.def("eac_grad_kernel(Tensor grad_out, Tensor input, int kernel_size, int groups) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(deblurdiff_cpu, CPU, m) {
-  m.impl("eac_forward", &eac_forward);
+// The schemas are defined once, in Python (deblurdiff/ops/eac_op.py); this only adds CPU kernels.
+TORCH_LIBRARY_IMPL(deblurdiff, CPU, m) {
+  m.impl("eac", &eac_forward);
   m.impl("eac_grad_input", &eac_grad_input);
   m.impl("eac_grad_kernel", &eac_grad_kernel);
 }

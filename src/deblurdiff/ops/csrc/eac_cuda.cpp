@@ -1,7 +1,7 @@
-// Torch glue for the EAC CUDA kernels (eac_cuda_kernels.cu): argument checks, device guard, the
-// current stream, output allocation, and the private ops torch.ops.deblurdiff_cuda.{eac_forward,
-// eac_grad_input, eac_grad_kernel}. The public op deblurdiff::eac (schema, autograd, fake) lives in
-// deblurdiff/ops/eac_op.py.
+// Torch glue for the EAC CUDA kernels (eac_cuda_kernels.cu): argument checks (eac_checks.h, shared
+// with the CPU kernels), device guard, the current stream, output allocation, and the registration
+// as the CUDA kernels of deblurdiff::{eac, eac_grad_input, eac_grad_kernel}, whose one schema (with
+// autograd, fake and autocast) is defined in deblurdiff/ops/eac_op.py.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -12,6 +12,7 @@
 
 #include <limits>
 
+#include "eac_checks.h"
 #include "eac_cuda.h"
 
 namespace {
@@ -28,27 +29,17 @@ Dtype dtype_of(const at::Tensor& t) {
   }
 }
 
+using deblurdiff_eac::check_grad_kernel;
+using deblurdiff_eac::groups_of;
+
+// The shared checks, plus the 32-bit index range the CUDA kernels use.
 void check_args(const at::Tensor& a, const at::Tensor& b, int64_t k) {
-  TORCH_CHECK(a.dim() == 4 && b.dim() == 4, "eac: expected 4-D tensors, got ", a.dim(), "-D and ",
-              b.dim(), "-D");
-  TORCH_CHECK(k > 0 && k % 2 == 1, "eac: expected a positive odd kernel_size, got ", k);
-  TORCH_CHECK(a.is_cuda() && b.is_cuda() && a.device() == b.device(),
-              "eac (cuda): expected both tensors on one CUDA device, got ", a.device(), " and ", b.device());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "eac: expected tensors of one dtype, got ",
-              a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
-              "eac: expected equal batch and spatial sizes, got ", a.sizes(), " and ", b.sizes());
+  deblurdiff_eac::check_pair(a, b, k);
+  TORCH_CHECK(a.is_cuda(), "eac (cuda): expected CUDA tensors, got ", a.device());
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   TORCH_CHECK(a.size(1) <= kIntMax && b.size(1) <= kIntMax && a.size(2) <= kIntMax / 2 &&
                   a.size(3) <= kIntMax / 2 && k <= 1023,
               "eac (cuda): sizes out of range: ", a.sizes(), ", ", b.sizes(), ", kernel_size ", k);
-}
-
-int64_t groups_of(const at::Tensor& kernel, int64_t C, int64_t k) {
-  const int64_t kc = kernel.size(1);
-  TORCH_CHECK(kc > 0 && kc % (k * k) == 0 && C % (kc / (k * k)) == 0,
-              "eac: kernel channels must be G·k² with G dividing C=", C, ", got ", kc);
-  return kc / (k * k);
 }
 
 int as_int(int64_t v) { return static_cast<int>(v); }
@@ -85,9 +76,8 @@ at::Tensor eac_grad_input(const at::Tensor& grad_out_, const at::Tensor& kernel_
 
 at::Tensor eac_grad_kernel(const at::Tensor& grad_out_, const at::Tensor& input_, int64_t k, int64_t groups) {
   check_args(grad_out_, input_, k);
+  check_grad_kernel(grad_out_, input_, groups);
   const int64_t C = input_.size(1);
-  TORCH_CHECK(grad_out_.size(1) == C, "eac: grad_out and input channel counts differ");
-  TORCH_CHECK(groups > 0 && C % groups == 0, "eac: groups must divide C=", C, ", got ", groups);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor grad_out = grad_out_.contiguous();
   const at::Tensor input = input_.contiguous();
@@ -102,14 +92,9 @@ at::Tensor eac_grad_kernel(const at::Tensor& grad_out_, const at::Tensor& input_
 
 }  // namespace
 
-TORCH_LIBRARY(deblurdiff_cuda, m) {
-  m.def("eac_forward(Tensor input, Tensor kernel, int kernel_size) -> Tensor");
-  m.def("eac_grad_input(Tensor grad_out, Tensor kernel, int kernel_size) -> Tensor");
-  m.def("eac_grad_kernel(Tensor grad_out, Tensor input, int kernel_size, int groups) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(deblurdiff_cuda, CUDA, m) {
-  m.impl("eac_forward", &eac_forward);
+// The schemas are defined once, in Python (deblurdiff/ops/eac_op.py); this only adds CUDA kernels.
+TORCH_LIBRARY_IMPL(deblurdiff, CUDA, m) {
+  m.impl("eac", &eac_forward);
   m.impl("eac_grad_input", &eac_grad_input);
   m.impl("eac_grad_kernel", &eac_grad_kernel);
 }

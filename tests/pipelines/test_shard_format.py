@@ -1,0 +1,47 @@
+"""The shard format: what the sink writes, the one reader gives back, byte for byte."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from deblurdiff.imageio import decode_rgb
+from deblurdiff.pipelines.shard_format import BLUR, KERNEL, META, SHARP, encode_sample, iter_samples, sample_keys
+from deblurdiff.pipelines.sink import OutputDir
+
+
+def _members(seed: int) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    sharp = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    blurry = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    kernel = rng.random((1, 5, 5), dtype=np.float32)
+    return encode_sample(sharp, blurry, kernel, {"seed": seed, "crop": [0, 0, 8, 10]})
+
+
+def test_written_shard_reads_back_sample_by_sample(tmp_path):
+    out = OutputDir(pafs.LocalFileSystem(), str(tmp_path), str(tmp_path))
+    out.prepare()
+    samples = {"000000_0": _members(0), "000001_0": _members(1)}
+    writer = out.shard_writer("shard-000000.tar")
+    for key, members in samples.items():
+        writer.add(key, members)
+    writer.commit()
+
+    with open(tmp_path / "shard-000000.tar", "rb") as f:
+        read = list(iter_samples(f))
+    assert [s.key for s in read] == list(samples)
+    for sample in read:
+        assert sample.members == samples[sample.key]  # every member, byte for byte
+        assert decode_rgb(sample.members[SHARP]).shape == decode_rgb(sample.members[BLUR]).shape == (8, 10, 3)
+        assert np.load(io.BytesIO(sample.members[KERNEL])).dtype == np.float32
+        assert json.loads(sample.members[META])["seed"] == int(sample.key[:6])
+    assert out.shard_keys("shard-000000.tar") == list(samples)
+    with open(tmp_path / "shard-000000.tar", "rb") as f:
+        assert sample_keys(f) == list(samples)
+
+
+def test_equal_samples_encode_to_equal_bytes():
+    assert _members(3) == _members(3)
