@@ -71,20 +71,20 @@ class DeblurDiffPipeline(DiffusionPipeline):
     ``scheduler`` (DDPM, the released sampler's config) and ``null_text`` (the cached empty-prompt
     context). Pipeline config: ``preset`` (the preset it was built from), ``trainable_components``,
     ``blurry_range`` ("unit": z_b is encoded from [0, 1], a quirk of the released SD-2.1 weights;
-    "signed": from [-1, 1] like z_0).
+    "signed": from [-1, 1] like z_0), ``origin`` (for a converted model: the checkpoint it came from).
     """
 
     model_cpu_offload_seq = "lkpn->controlnet->unet->vae"
 
     def __init__(self, vae, unet, controlnet, lkpn, scheduler, null_text, preset="custom",
-                 trainable_components=("controlnet", "lkpn"), blurry_range="unit"):
+                 trainable_components=("controlnet", "lkpn"), blurry_range="unit", origin=None):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, controlnet=controlnet, lkpn=lkpn, scheduler=scheduler,
                               null_text=null_text)
         if blurry_range not in ("unit", "signed"):
             raise ValueError(f"blurry_range must be 'unit' or 'signed', got {blurry_range!r}")
         self.register_to_config(preset=preset, trainable_components=list(trainable_components),
-                                blurry_range=blurry_range)
+                                blurry_range=blurry_range, origin=origin)
         # Gradients can only ever reach the trainable parts.
         for name in ("vae", "unet", "controlnet", "lkpn", "null_text"):
             getattr(self, name).requires_grad_(name in trainable_components)
