@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "deblurdiff.commands.serve",
     "deblurdiff.commands.eval",
     "deblurdiff.commands.demo",
+    "deblurdiff.commands.convert",
 ]
 
 

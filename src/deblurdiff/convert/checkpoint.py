@@ -34,8 +34,12 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, t
     if p.stat().st_size == 0:
         raise UsageError(f"{where}: empty file (not a checkpoint)")
     # mmap needs torch's zip format (every torch.save since 1.6, the release included); the legacy
-    # format is read into memory (and said so).
+    # format is read into memory (and said so). A zip without its central directory (at the end) is cut short.
+    with open(p, "rb") as f:
+        is_zip_start = f.read(4) == b"PK\x03\x04"
     mmap = zipfile.is_zipfile(p)
+    if is_zip_start and not mmap:
+        raise UsageError(f"{where}: truncated or corrupt checkpoint (a zip archive without its end record)")
     if not mmap:
         logger.warning("%s is not in torch's zip format: reading it into memory (no mmap)", path)
     try:
@@ -48,11 +52,11 @@ def load_checkpoint(path: str | Path, flag: str = "--checkpoint") -> dict[str, t
             raise UsageError(f"{where}: refused: the pickle carries code or objects other than tensors, which "
                              f"weights_only loading never runs ({culprit})") from None
         raise UsageError(f"{where}: not a PyTorch checkpoint ({message.splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on garbage; each means "bad file"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if mmap or isinstance(exc, EOFError) or "central directory" in first or "truncat" in first.lower():
+        if mmap or isinstance(exc, EOFError) or "truncat" in first.lower():
             raise UsageError(f"{where}: truncated or corrupt checkpoint ({first})") from None
-        raise UsageError(f"{where}: not a PyTorch checkpoint ({first})") from None
+        raise UsageError(f"{where}: not a PyTorch checkpoint ({type(exc).__name__}: {first})") from None
     return _as_state_dict(obj, where)
 
 
