@@ -15,8 +15,6 @@ plus one tensor, never a second copy of the whole model.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from deblurdiff.convert.components import (
 )
 from deblurdiff.convert.release_config import load_release_config, released_params
 from deblurdiff.errors import UsageError
+from deblurdiff.files import publish_directory
 
 __all__ = ["DTYPES", "load_release_checkpoint", "write_pipeline_directory"]
 
@@ -92,8 +91,8 @@ def write_pipeline_directory(checkpoint: str | Path, output: str | Path, config:
                              dtype: torch.dtype = torch.float32, flag: str = "--checkpoint") -> Path:
     """Convert into a new pipeline directory ``output`` (refused if it exists and is not empty).
 
-    Everything is written to a hidden sibling directory first and renamed at the end: ``output``
-    appears complete or not at all.
+    Everything is written to a hidden directory beside it and renamed at the end
+    (``files.publish_directory``): ``output`` appears complete or not at all.
     """
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -104,11 +103,9 @@ def write_pipeline_directory(checkpoint: str | Path, output: str | Path, config:
     origin = _origin(Path(checkpoint), config, state_dict, dtype)
     del state_dict  # unmap: each component maps the file again and drops it when written
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
+        tmp.mkdir()
         for name in COMPONENTS:
             state_dict, _ = _open(checkpoint, flag)
             converted = component_state_dict(name, state_dict, params, where)
@@ -122,12 +119,8 @@ def write_pipeline_directory(checkpoint: str | Path, output: str | Path, config:
         pipe.save_config(tmp)
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         pipe.null_text.save_pretrained(tmp / "null_text")
-        if output.exists():
-            output.rmdir()  # empty (checked above)
-        os.rename(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_directory(output, fill)  # written beside it, then renamed: complete or absent
     return output
 
 

@@ -12,11 +12,12 @@ from deblurdiff.models.objective import (
     predict_noise,
     training_step,
 )
-from deblurdiff.models.presets import PRESETS, PipelineParts, ddpm_scheduler, sd21, tiny
+from deblurdiff.models.presets import COMPONENTS, PRESETS, PipelineParts, ddpm_scheduler, sd21, tiny
 from deblurdiff.models.text import NullTextEmbedding
 from deblurdiff.models.unet import WindowedUNet2DConditionModel  # imported: diffusers loads it by module name
 
 __all__ = [
+    "COMPONENTS",
     "CoTrainingModule",
     "ExactAutoencoder",
     "LKPN",
