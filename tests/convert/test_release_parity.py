@@ -7,6 +7,7 @@ near 1e-6, every conversion mistake tried lands above 1e-1.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -139,3 +140,19 @@ def test_full_size_release_maps_on_the_meta_device():
     assert text_model.config.num_hidden_layers == 23  # "penultimate" of 24
     # Every release parameter except the text tower (only its empty-prompt output is kept).
     assert total == manifest["num_params"] - manifest["prefixes"]["clip.model."]["params"]
+
+
+def test_release_compat_post_processing(pipe):
+    """release_compat: zero padding and truncating quantisation (docs/released-model.md)."""
+    from deblurdiff.pixels import to_uint8
+
+    assert to_uint8(torch.tensor([0.999, 0.5]), truncate=True).tolist() == [254, 127]
+    assert to_uint8(torch.tensor([0.999, 0.5])).tolist() == [255, 128]
+    image = torch.rand(3, 21, 30)  # not a multiple of the pad size: padding matters at the border
+
+    def run(**kw):
+        return pipe(image, num_inference_steps=2, generator=torch.Generator().manual_seed(0), **kw).images
+
+    released = run(output_type="np", release_compat=True)[0]
+    assert (np.asarray(run(release_compat=True)[0]) == np.floor(np.clip(released, 0, 1) * 255)).all()
+    assert not np.allclose(released, run(output_type="np")[0])  # reflect padding + early clamp differ
