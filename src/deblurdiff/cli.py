@@ -15,13 +15,13 @@ import logging
 import sys
 
 from deblurdiff import __version__
-from deblurdiff.commands import deblur, demo, serve, synth, train
+from deblurdiff.commands import convert, deblur, demo, serve, synth, train
 from deblurdiff.commands import eval as eval_command  # `eval` would shadow the builtin
 from deblurdiff.errors import UsageError
 
 # The subcommands, in the order `--help` lists them. A new command: import its module above and
 # add it here (e.g. `convert` after `eval`).
-COMMANDS = (synth, train, deblur, serve, eval_command, demo)
+COMMANDS = (synth, train, deblur, serve, eval_command, convert, demo)
 COMMAND_MODULES = tuple(module.__name__ for module in COMMANDS)
 
 

@@ -72,19 +72,19 @@ class DeblurDiffPipeline(DiffusionPipeline):
     ``scheduler`` (DDPM, the released sampler's config) and ``null_text`` (the cached empty-prompt
     context). Pipeline config: ``preset`` (the preset it was built from), ``trainable_components``,
     ``blurry_range`` ("unit": z_b is encoded from [0, 1], a quirk of the released SD-2.1 weights;
-    "signed": from [-1, 1] like z_0).
+    "signed": from [-1, 1] like z_0), ``origin`` (for a converted model: the checkpoint it came from).
     """
 
     model_cpu_offload_seq = "lkpn->controlnet->unet->vae"
 
     def __init__(self, vae, unet, controlnet, lkpn, scheduler, null_text, preset="custom",
-                 trainable_components=("controlnet", "lkpn"), blurry_range="unit"):
+                 trainable_components=("controlnet", "lkpn"), blurry_range="unit", origin=None):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, controlnet=controlnet, lkpn=lkpn, scheduler=scheduler,
                               null_text=null_text)
         if blurry_range not in ("unit", "signed"):
             raise ValueError(f"blurry_range must be 'unit' or 'signed', got {blurry_range!r}")
-        self.register_to_config(preset=preset, blurry_range=blurry_range)
+        self.register_to_config(preset=preset, blurry_range=blurry_range, origin=origin)
         self.set_trainable(trainable_components)
 
     # ------------------------------------------------------------------------------ construction
@@ -156,10 +156,11 @@ class DeblurDiffPipeline(DiffusionPipeline):
         z = self.vae.encode(x).latent_dist.sample(generator)
         return z.float() * self.vae.config.scaling_factor
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Scaled latent (B, C, h, w) -> image (B, 3, h·f, w·f) in [0, 1], float32."""
         x = self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        x = (x.float() + 1) / 2
+        return x.clamp(0, 1) if clamp else x
 
     def make_scheduler(self, sampler: str):
         """A fresh scheduler for ``sampler`` (per call: concurrent calls never share step state)."""
@@ -202,6 +203,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_intermediates: bool = False,
         control_scale: float = 1.0,
+        release_compat: bool = False,
     ) -> DeblurDiffPipelineOutput:
         """Deblur ``image``: a PIL image, an (H, W, 3) / (B, H, W, 3) array (uint8, or float in [0, 1]),
         a (3, H, W) / (B, 3, H, W) tensor in [0, 1], or a list of those. Any size: inputs are padded
@@ -216,6 +218,9 @@ class DeblurDiffPipeline(DiffusionPipeline):
                 the released 64 / 32 latent tiles); eps of overlapping tiles is blended with Gaussian weights.
             colour_fix: "adain" matches each output channel's mean/std to the input's; "none" skips it.
             return_intermediates: also return the per-step ẑ and kernels.
+            release_compat: post-process exactly as the released DeblurDiff does (docs/released-model.md):
+                zero padding instead of reflection, no clamp between decoding and the colour fix, and
+                "pil" outputs quantised by truncation instead of rounding.
         """
         # 1. check inputs
         self.check_inputs(num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type)
@@ -232,27 +237,28 @@ class DeblurDiffPipeline(DiffusionPipeline):
             groups = [(img[None], g) for img, g in zip(images, per_image)]
         results = [
             self._restore(x, num_inference_steps, g, sampler, tile_size, tile_stride,
-                          colour_fix, return_intermediates, control_scale)
+                          colour_fix, return_intermediates, control_scale, release_compat)
             for x, g in groups
         ]
 
         # 3. post-process
         restored = [r[0] for r in results]
-        out_images = _postprocess(restored, output_type, single_size)
+        out_images = _postprocess(restored, output_type, single_size, truncate=release_compat)
         if not return_intermediates:
             return DeblurDiffPipelineOutput(images=out_images)
         z_hats = results[0][1] if single_size else [r[1] for r in results]
         kernels = results[0][2] if single_size else [r[2] for r in results]
         return DeblurDiffPipelineOutput(images=out_images, z_hat=z_hats, kernels=kernels, timesteps=results[0][3])
 
-    def _restore(self, x, steps, generator, sampler, tile_size, tile_stride, colour_fix, keep, control_scale):
+    def _restore(self, x, steps, generator, sampler, tile_size, tile_stride, colour_fix, keep, control_scale,
+                 release_compat=False):
         """x: (B, 3, H, W) float in [0, 1] -> (restored (B, 3, H, W) float on CPU, ẑ list, K list, timesteps)."""
         device, dtype = self._execution_device, self.unet.dtype
         b, _, h, w = x.shape
         f = self.vae_scale_factor
-        # 1. pad to what the networks need (reflect where possible), remember the latent extent
+        # 1. pad to what the networks need (reflect where possible; zeros as released), remember the latent extent
         x = x.to(device)
-        x_pad = _pad_to_multiple(x, self.pad_multiple)
+        x_pad = _pad_to_multiple(x, self.pad_multiple, zeros=release_compat)
         lh, lw = math.ceil(h / f), math.ceil(w / f)
 
         # 2. z_b and the empty-prompt context
@@ -281,7 +287,8 @@ class DeblurDiffPipeline(DiffusionPipeline):
                 timesteps.append(int(t))
 
         # 6. decode, crop the padding, colour fix
-        y = self.decode(latents)[..., :h, :w]
+        # (the release colour-fixes the unclamped decoder output and clamps once, at the end)
+        y = self.decode(latents, clamp=not release_compat)[..., :h, :w]
         if colour_fix == "adain":
             y = adain_colour_fix(y, x)
         return y.clamp(0, 1).cpu(), z_hats, kernels, timesteps
@@ -315,13 +322,15 @@ def adain_colour_fix(restored: torch.Tensor, reference: torch.Tensor, eps: float
     return (restored - mu_r) / std_r * std_i + mu_i
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def _pad_to_multiple(x: torch.Tensor, multiple: int, zeros: bool = False) -> torch.Tensor:
     """Pad right/bottom to a multiple: reflect (no hard edge for the networks) when the image is
-    large enough, else replicate."""
+    large enough, else replicate; ``zeros``: black, as the release pads."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     if ph == 0 and pw == 0:
         return x
+    if zeros:
+        return F.pad(x, (0, pw, 0, ph))
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
@@ -385,11 +394,11 @@ def _one_input(item) -> list[torch.Tensor]:
     return list(item) if item.ndim == 4 else [item]
 
 
-def _postprocess(restored: list[torch.Tensor], output_type: str, single_size: bool):
+def _postprocess(restored: list[torch.Tensor], output_type: str, single_size: bool, truncate: bool = False):
     """restored: list of (B, 3, H, W) float CPU tensors in [0, 1]."""
     if output_type == "pt":
         return restored[0] if single_size else [r[0] for r in restored]
     arrays = [r.permute(0, 2, 3, 1).numpy() for r in restored]  # (B, H, W, 3)
     if output_type == "np":
         return arrays[0] if single_size else [a[0] for a in arrays]
-    return [PIL.Image.fromarray(to_uint8(img)) for a in arrays for img in a]
+    return [PIL.Image.fromarray(to_uint8(img, truncate=truncate)) for a in arrays for img in a]

@@ -34,10 +34,13 @@ def to_float(pixels, dtype=None):
     return pixels.to(dtype or torch.float32).div_(255)
 
 
-def to_uint8(values):
-    """float array or tensor in [0, 1] -> uint8 of the same kind and layout (clamped, then rounded)."""
+def to_uint8(values, truncate: bool = False):
+    """float array or tensor in [0, 1] -> uint8 of the same kind and layout (clamped, then rounded;
+    ``truncate=True``: rounded down, as the released DeblurDiff quantises)."""
     if isinstance(values, np.ndarray):
-        return np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
+        scaled = np.clip(values, 0, 1) * 255
+        return (np.floor(scaled) if truncate else np.rint(scaled)).astype(np.uint8)
     import torch
 
-    return values.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+    scaled = values.detach().clamp(0, 1).mul(255)
+    return (scaled.floor() if truncate else scaled.round()).to(torch.uint8)

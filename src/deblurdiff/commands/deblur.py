@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output (default 0)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="latent tiling with N-pixel tiles (stride N/2) for large images")
+    p.add_argument("--release-compat", action="store_true",
+                   help="post-process exactly as the released DeblurDiff: zero padding, colour fix before the "
+                        "clamp, truncating quantisation (docs/released-model.md)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
@@ -92,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
         seen.add(path.stem)
         generator = torch.Generator(device).manual_seed(args.seed)  # per image: independent of order
         image = pipe(rgb, num_inference_steps=args.steps, sampler=args.sampler, generator=generator,
-                     tile_size=args.tile, output_type="np").images[0]
-        atomic_write_bytes(out_dir / f"{path.stem}.png", encode_image(to_uint8(image)))
+                     tile_size=args.tile, output_type="np", release_compat=args.release_compat).images[0]
+        atomic_write_bytes(out_dir / f"{path.stem}.png",
+                           encode_image(to_uint8(image, truncate=args.release_compat)))
         written += 1
 
     for path, reason in skipped:

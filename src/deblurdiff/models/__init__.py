@@ -16,6 +16,7 @@ from deblurdiff.models.objective import (
 )
 from deblurdiff.models.presets import COMPONENTS, PRESETS, PipelineParts, ddpm_scheduler, sd21, tiny
 from deblurdiff.models.text import NullTextEmbedding
+from deblurdiff.models.unet import WindowedUNet2DConditionModel  # imported: diffusers loads it by module name
 
 __all__ = [
     "COMPONENTS",
@@ -39,4 +40,5 @@ __all__ = [
     "sd21",
     "tiny",
     "training_step",
+    "WindowedUNet2DConditionModel",
 ]

@@ -10,10 +10,10 @@ connections and its middle block (for SD-2.1's four levels).
 
 from __future__ import annotations
 
-import functools
-
 from diffusers import ControlNetModel, ModelMixin  # noqa: F401 - see below
 from torch import nn
+
+from deblurdiff.models.windows import set_attention_windows, signature_with_window
 
 # diffusers' pipeline loader finds a custom component's load method by looking up its base classes
 # (ModelMixin, ...) as attributes of the component's *module*, so ModelMixin must be importable here.
@@ -44,16 +44,19 @@ class LatentControlNet(ControlNetModel):
     ``LatentControlNet.from_unet(unet, conditioning_channels=2 * C)`` copies ``conv_in``, the time
     embedding, the down blocks and the middle block. Call it as diffusers' ControlNet, with
     ``controlnet_cond=cat([z_b, ẑ])`` at latent resolution. The config is ControlNetModel's (the
-    unused ``conditioning_embedding_out_channels`` is kept only for that reason), so
-    ``save_pretrained``/``from_pretrained`` work unchanged.
+    unused ``conditioning_embedding_out_channels`` is kept only for that reason) plus
+    ``attention_window`` (None: global attention; 64: the release's ControlNet, 64 feature px at
+    every level, see ``models.windows``), so ``save_pretrained``/``from_pretrained`` work unchanged.
     """
 
-    # Same signature as ControlNetModel.__init__ (functools.wraps sets __wrapped__, which diffusers'
-    # config machinery reads), so the config keys and their defaults are exactly ControlNetModel's.
-    @functools.wraps(ControlNetModel.__init__)
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, attention_window: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.register_to_config(attention_window=attention_window)
         # Replace the pixel-space hint encoder (strided convs) by one zero conv at latent resolution.
         self.controlnet_cond_embedding = LatentHintEmbedding(
             self.config.conditioning_channels, self.config.block_out_channels[0]
         )
+        set_attention_windows(self, attention_window, shrink_per_level=False)
+
+    # ControlNetModel's signature plus attention_window: diffusers reads the config keys from it.
+    __init__.__signature__ = signature_with_window(ControlNetModel.__init__)

@@ -16,6 +16,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils import BaseOutput
 
 from deblurdiff import ops
+from deblurdiff.models.windows import set_attention_windows
 
 __all__ = ["LKPN", "LKPNOutput"]
 
@@ -40,6 +41,9 @@ class LKPN(ModelMixin, ConfigMixin):
     k² taps, so ``ẑ − z_b`` is a pure high-pass correction: EAC sharpens but cannot change the local
     brightness of z_b. A freshly trained small LKPN otherwise spends its first minutes on noisy
     per-pixel gains (Σ K ≠ 0) that fit the training photos' brightness and hurt on new ones.
+
+    ``attention_window`` (None: global attention; 64: the release) makes every attention block attend
+    within overlapping windows of ``attention_window >> level`` feature px (see ``models.windows``).
     """
 
     @register_to_config
@@ -60,6 +64,8 @@ class LKPN(ModelMixin, ConfigMixin):
         use_linear_projection: bool = True,
         norm_num_groups: int = 32,
         zero_sum_kernels: bool = False,
+        transformer_layers_per_block: int = 1,
+        attention_window: int | None = None,
     ):
         super().__init__()
         if kernel_size % 2 != 1:
@@ -77,7 +83,9 @@ class LKPN(ModelMixin, ConfigMixin):
             cross_attention_dim=cross_attention_dim,
             use_linear_projection=use_linear_projection,
             norm_num_groups=norm_num_groups,
+            transformer_layers_per_block=transformer_layers_per_block,
         )
+        set_attention_windows(self.unet, attention_window, shrink_per_level=True)
         # Zero output conv: K == 0 at init, hence ẑ == z_b (identity start).
         torch.nn.init.zeros_(self.unet.conv_out.weight)
         torch.nn.init.zeros_(self.unet.conv_out.bias)

@@ -56,6 +56,10 @@ class ModelSection(Section):
     # Components to optimise; None: the preset's choice (sd21: controlnet + lkpn as in the paper;
     # tiny: + unet, since no pretrained tiny UNet exists). Everything else stays frozen.
     trainable: list[Literal["unet", "controlnet", "lkpn"]] | None = Field(None, min_length=1)
+    # Fine-tuning: start from a pipeline directory instead of a preset (`deblurdiff convert` output,
+    # e.g. the released model, or a previous run's <output_dir>/model). Its config says what it trains
+    # (the release: controlnet + lkpn); model.trainable overrides. Excludes preset/base_model/random_init.
+    init_from: str | None = None
 
 
 class TrainSection(Section):
@@ -142,6 +146,15 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                          f"train.grad_accum = {cfg.scaling.workers} × {cfg.train.grad_accum} = {split} "
                          f"(set train.batch_size={max(split, cfg.train.batch_size // split * split)} or change "
                          "scaling.workers / train.grad_accum)")
+    if cfg.model.init_from is not None:
+        from deblurdiff.model_dir import check_model_dir
+
+        chosen = [k for k in ("preset", "base_model", "random_init") if k in cfg.model.model_fields_set]
+        if chosen:
+            raise UsageError(f"model.init_from: starts from that pipeline directory; remove model.{chosen[0]} "
+                             "(the directory already holds every part)")
+        check_model_dir(cfg.model.init_from, flag="model.init_from")
+        return cfg
     if cfg.model.preset == "sd21" and cfg.model.base_model is None and not cfg.model.random_init:
         raise UsageError("model.base_model: preset sd21 needs a local Stable Diffusion 2.1-base diffusers "
                          "directory (or set model.random_init=true for an untrained smoke run)")

@@ -135,11 +135,20 @@ class PreparedModel:
 
 
 def build_pipeline(cfg, **kwargs):
-    """The configured preset with the configured trainable parts (fp32 on the CPU unless ``device`` /
-    ``torch_dtype`` in ``kwargs`` say otherwise)."""
+    """The configured preset (or the ``model.init_from`` pipeline directory) with the configured
+    trainable parts (fp32 on the CPU unless ``device`` / ``torch_dtype`` in ``kwargs`` say otherwise)."""
     from deblurdiff import DeblurDiffPipeline
 
     m = cfg.model
+    if m.init_from is not None:
+        from deblurdiff.model_dir import load_pipeline
+
+        device = kwargs.pop("device", None) or "cpu"
+        # fp32 unless told otherwise: a float16 conversion is trained from fp32 master weights.
+        pipe = load_pipeline(m.init_from, flag="model.init_from", device=str(device)).to(
+            dtype=kwargs.pop("torch_dtype", None) or torch.float32)
+        pipe.set_trainable(m.trainable or pipe.config.trainable_components)
+        return pipe
     return DeblurDiffPipeline.from_preset(m.preset, base_model=m.base_model, random_init=m.random_init,
                                           seed=cfg.run.seed, trainable=m.trainable, **kwargs)
 
