@@ -75,9 +75,12 @@ def train_loop_per_worker(config: dict) -> dict | None:
     clock.mark("deepspeed")
 
     # 3. Resume: Ray Train hands back the latest registered checkpoint after a worker-group restart
-    #    (FailureConfig) or for `--resume` (same storage_path + name).
+    #    (FailureConfig) or for `--resume` (same storage_path + name); when --resume had to set damaged
+    #    checkpoints aside, Ray's list starts empty and the launcher names the intact one to load.
     state = TrainState()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint.from_directory(config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             _, client_state = engine.load_checkpoint(ckpt_dir, tag=DEEPSPEED_TAG)
