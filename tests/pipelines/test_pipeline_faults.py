@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -113,7 +115,7 @@ def test_a_file_that_vanishes_between_listing_and_reading_is_skipped_and_reporte
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name in ("a.png", "b.png"):
-        os.link(hostile / "astronaut.png", corpus / name)  # cheap copies
+        shutil.copyfile(hostile / "astronaut.png", corpus / name)  # copies: hard links would be one file
     job = plan_synth([str(corpus)], str(tmp_path / "out"), **{**SETTINGS, "shard_size": 8})
     (corpus / "b.png").unlink()  # listed, then gone before any actor reads it
     summary = job.run(workers=1)
@@ -167,15 +169,15 @@ def test_sigkilled_synthesis_actor_run_completes_byte_identical(reference, hosti
 
 
 def test_sigkilled_driver_leaves_only_whole_shards_and_resume_is_byte_identical(cli, reference, hostile, tmp_path):
-    from conftest import VENV_BIN
-
     out = tmp_path / "pairs"
     args = ["synth", "--input", str(hostile), "--output", str(out), "--workers", "2", *CLI_SETTINGS]
-    proc = subprocess.Popen([str(VENV_BIN / "deblurdiff"), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=dict(os.environ))
+    log = tmp_path / "driver.log"  # a file, not a pipe: a full pipe would stall the driver
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "deblurdiff"), *args], stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=dict(os.environ))
     try:
         _wait_for(lambda: list(out.glob("shard-*.tar")) or proc.poll() is not None, 300, "a first shard")
-        assert proc.poll() is None, "the run finished before the kill: make the corpus larger"
+        assert proc.poll() is None, f"the run ended before the kill: {log.read_text()[-3000:]}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:

@@ -59,8 +59,10 @@ def test_truncated_checkpoint_falls_back_and_a_killed_export_resumes(run):
 
     # --resume to 6 steps; rank 0 is killed while writing the export (a temp dir beside model/).
     args = [*tiny_args(out, train, held_out, "train.max_steps=6", *COMMON), "--resume"]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "deblurdiff"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    log = out.parent / "resume.log"  # a file, not a pipe: a full pipe would stall the run
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "deblurdiff"), *args], stdout=sink,
+                                stderr=subprocess.STDOUT, env=dict(os.environ))
     killed = None
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
@@ -70,7 +72,8 @@ def test_truncated_checkpoint_falls_back_and_a_killed_export_resumes(run):
             os.kill(killed, signal.SIGKILL)
             break
         time.sleep(0.02)
-    stdout, stderr = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    stderr = log.read_text()
     assert killed is not None, f"no export seen (rc {proc.returncode}):\n{stderr[-3000:]}"
 
     # The fallback: warned naming the bad checkpoint, which is kept aside; steps 3-6 trained again.
