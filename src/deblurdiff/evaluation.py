@@ -18,8 +18,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from deblurdiff.errors import UsageError
+from deblurdiff.files import atomic_write, atomic_write_text
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, is_image_path
 from deblurdiff.pixels import to_float, to_uint8
 
@@ -140,7 +139,7 @@ def _lpips_status() -> str:
 def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list[torch.Tensor],
                    generator: torch.Generator) -> tuple[float, float, float]:
     """On the image's latent extent: MSE(z_b, z_0); MSE(ẑ, z_0) as the training objective defines ẑ
-    (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training recipe);
+    (x_t = q(z_0, t, eps) at fixed timesteps, fixed noise: the validation of the training loop);
     and MSE(ẑ, z_0) averaged over the steps of the real sampling run (x_t from the sampler)."""
     from deblurdiff.models import predict_noise
     from deblurdiff.diffusion import _pad_to_multiple  # the pipeline's own padding, so latents line up
@@ -183,20 +182,7 @@ def write_contact_sheet(rows: list[tuple[np.ndarray, ...]], path: Path, height: 
         for tile in row:
             sheet.paste(tile, (x, r * (height + gap)))
             x += tile.width + gap
-    _atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -261,7 +247,7 @@ def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int = 20, sam
             writer.writeheader()
             writer.writerows(rows)
 
-    _atomic_write(output.with_suffix(".csv"), write_csv)
+    atomic_write(output.with_suffix(".csv"), write_csv)
     write_contact_sheet(sheet, Path(summary["contact_sheet"]))
-    _atomic_write(output, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write_text(output, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -19,6 +19,8 @@ import pytest
 import requests
 from serve_testlib import decode, encode, free_port, photo
 
+pytestmark = pytest.mark.integration  # whole stack: Ray Serve on the two-node cluster, HTTP, a browser
+
 STEPS = 2  # few steps keep the module fast; the code path is the same as for 50
 TIMEOUT = 180  # seconds per HTTP call (2 shared cores)
 

@@ -68,7 +68,7 @@ def test_truncated_checkpoint_falls_back_and_a_killed_export_resumes(run):
     while proc.poll() is None and time.monotonic() < deadline:
         temps = list(out.glob(".model.tmp-*"))
         if temps:
-            killed = int(temps[0].name.rsplit("-", 1)[1])  # export_pipeline names it after its pid
+            killed = int(temps[0].name.split(".tmp-", 1)[1].split("-")[0])  # .model.tmp-<pid>-<id>: the exporter
             os.kill(killed, signal.SIGKILL)
             break
         time.sleep(0.02)

@@ -14,9 +14,7 @@ spatially varying samples show every PSF side by side, and a caption lists the d
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from deblurdiff.blur_synthesis.kernels import kernels_to_array
 from deblurdiff.blur_synthesis.synthesize import synthesize
+from deblurdiff.files import atomic_write
 from deblurdiff.pixels import to_float, to_uint8
 
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -112,13 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)  # write then rename: no partial file
-    os.close(fd)
     if args.palette:
         sheet = sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
-    sheet.save(tmp, optimize=True)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
     return 0
 
