@@ -114,6 +114,33 @@ def test_a_slow_oversized_upload_is_cut_off_within_the_drain_bound(base_url):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
+# ------------------------------------------------------------------------ a short soak
+def _serve_load():
+    """benchmarks/serve_load.py as a module: the test runs the benchmark's own soak, shorter."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_soak_of_valid_and_hostile_requests_has_no_500_and_no_leak(base_url):
+    serve_load = _serve_load()
+    result = serve_load.soak(base_url, APP, seconds=36, concurrency=16, steps=STEPS, sample_every_s=1.0)
+    serve_load.print_soak(result, 16)
+    classes = result["classes"]
+    assert result["server_errors"] == 0 and result["unexpected"] == 0, classes
+    assert {c["expect"] for c in classes.values()} == {200, 400, 413, 415, 422}  # every class was sent
+    assert all(sum(c["statuses"].values()) >= 1 for c in classes.values())
+    for name, p in result["processes"].items():
+        if "replica" in name:
+            assert p["rss_growth"] < 0.10, (name, p)
+        assert p["fds_after"] <= p["fds_before"] + 2, (name, p)  # +2: Ray may open a channel lazily
+
+
 # ------------------------------------------------------------------------ replica death under load
 def _model_replica_pid() -> int:
     from ray.util.state import list_actors

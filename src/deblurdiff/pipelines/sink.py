@@ -104,7 +104,12 @@ class OutputDir:
 
     def prepare(self) -> None:
         self.fs.create_dir(self.path, recursive=True)
-        for name in self.listdir():  # leftovers of an interrupted run are never final files
+        self.remove_temporaries()
+
+    def remove_temporaries(self) -> None:
+        """Delete temporary files: leftovers of an interrupted run, or of a killed actor whose shard
+        was rebuilt by its retry. Never while shards are being written."""
+        for name in self.listdir():
             if _TMP_MARK in name:
                 self.fs.delete_file(self.join(name))
 

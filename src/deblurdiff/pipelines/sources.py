@@ -15,19 +15,29 @@ and sorted by ``Source.key``. The key is the path below the input (prefixed by t
 name), so the same corpus gives the same samples wherever it is mounted. Files that cannot be
 sources (a ``.txt`` next to the photos, a tar that is not one) become :class:`Skipped` entries
 with their reason: nothing is silently dropped.
+
+Local folders are walked here, not by pyarrow (whose listing raises ``UnicodeDecodeError`` on a
+file name that is not UTF-8 and follows a symlink loop ~40 levels deep, ingesting every image again
+at each level). File names are bytes on Linux: a source keeps its real name (``path``, Python's
+surrogate-escaped ``str``) for opening, and its ``key`` and ``uri`` use :func:`readable_name`
+(``caf\\xe9.png``), so seeds, reports and manifest.json are plain text. Symbolic links are followed,
+but every folder is listed once and every file ingested once (by ``(st_dev, st_ino)``); what was
+left out that way is reported like any other skipped input.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import stat
 import tarfile
 from dataclasses import asdict, dataclass
 
 from deblurdiff.errors import UsageError
 from deblurdiff.imageio import IMAGE_EXTENSIONS, ImageDecodeError
 
-__all__ = ["Source", "Skipped", "Corpus", "list_sources", "read_source", "resolve_filesystem"]
+__all__ = ["Source", "Skipped", "Corpus", "list_sources", "read_source", "readable_name", "resolve_filesystem"]
 
 LIST_EXTENSIONS = (".txt", ".lst")
 TAR_EXTENSIONS = (".tar",)
@@ -122,7 +132,76 @@ def _as_uri(base_uri: str, path: str) -> str:
     return f"{base_uri.split('://', 1)[0]}://{path}"  # s3://bucket/key, file:///abs/path
 
 
+def _is_local(fs) -> bool:
+    import pyarrow.fs as pafs
+
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def _open(fs, path: str):
+    """A seekable binary file. Local files through Python's ``open``: pyarrow cannot encode a name
+    that is not UTF-8 (``UnicodeEncodeError``), Python passes the original bytes back to the OS."""
+    return open(path, "rb") if _is_local(fs) else fs.open_input_file(path)
+
+
+def readable_name(path: str) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 as ``\\xNN``, control characters (a
+    newline in a file name) as escapes; valid printable names (spaces included) are unchanged."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 # ----------------------------------------------------------------------------- listing
+def _walk_local(root: str, skipped: list[Skipped]) -> list[str]:
+    """Every regular file below the local folder ``root``, each once, in sorted order.
+
+    Follows symbolic links, remembering each folder and file by ``(st_dev, st_ino)``: a link back
+    up the tree (``sub/loop -> ..``) or a second name for a file already seen is reported, not
+    followed or ingested again. A file that vanishes while listing is reported too.
+    """
+    root_stat = os.stat(root)
+    seen_dirs = {(root_stat.st_dev, root_stat.st_ino): root}
+    seen_files: dict[tuple[int, int], str] = {}
+    files: list[str] = []
+
+    def visit(folder: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                names = sorted(entry.name for entry in it)  # sorted: which duplicate wins is reproducible
+        except OSError as exc:
+            skipped.append(Skipped(readable_name(folder), f"cannot list this folder ({exc.strerror})"))
+            return
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)  # follows symbolic links
+            except FileNotFoundError:
+                why = "broken symbolic link" if os.path.islink(path) else "vanished while the folder was listed"
+                skipped.append(Skipped(readable_name(path), why))
+                continue
+            except OSError as exc:  # ELOOP, EACCES
+                skipped.append(Skipped(readable_name(path), f"cannot access ({exc.strerror})"))
+                continue
+            identity = (st.st_dev, st.st_ino)
+            if stat.S_ISDIR(st.st_mode):
+                if identity in seen_dirs:
+                    skipped.append(Skipped(readable_name(path), "symbolic link to a folder already listed "
+                                           f"({readable_name(seen_dirs[identity])}): not followed"))
+                    continue
+                seen_dirs[identity] = path
+                visit(path)
+            elif stat.S_ISREG(st.st_mode):
+                if identity in seen_files:
+                    skipped.append(Skipped(readable_name(path), "the same file as "
+                                           f"{readable_name(seen_files[identity])} (link): ingested once"))
+                    continue
+                seen_files[identity] = path
+                files.append(path)
+
+    visit(root)
+    return files
+
+
 def _ext(name: str) -> str:
     return posixpath.splitext(name)[1].lower()
 
@@ -150,7 +229,7 @@ def _list_tar(fs, fs_index: int, path: str, uri: str, key: str,
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     order: list[str] = []
     try:
-        with fs.open_input_file(path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        with _open(fs, path) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
             for info in tar:  # seeks past member data: only headers are read
                 if not info.isfile():
                     continue
@@ -192,7 +271,7 @@ def _add_file(fs, fs_index: int, path: str, uri: str, key: str, explicit: bool,
 
 def _read_list_file(fs, path: str, uri: str) -> list[str]:
     try:
-        with fs.open_input_stream(path) as f:
+        with _open(fs, path) as f:
             text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--input {uri}: cannot read the list file ({exc})") from None
@@ -231,21 +310,21 @@ def list_sources(inputs: list[str], filesystem=None, *, _depth: int = 0) -> Corp
     for raw in inputs:
         uri = str(raw)
         fs, path = resolve_filesystem(uri, filesystem)
-        try:
-            info = fs.get_file_info(path)
-        except OSError as exc:
-            raise UsageError(f"--input {uri}: cannot access ({exc})") from None
-        if info.type == pafs.FileType.NotFound:
-            raise UsageError(f"--input {uri}: no such file or directory")
+        kind = _local_kind(path) if _is_local(fs) else _remote_kind(fs, path, uri)
+        if kind is None:
+            raise UsageError(f"--input {readable_name(uri)}: no such file or directory")
         index = fs_index(fs)
-        root_name = posixpath.basename(path.rstrip("/")) or "input"
-        if info.type == pafs.FileType.Directory:
-            selector = pafs.FileSelector(path, recursive=True)
-            for child in sorted(fs.get_file_info(selector), key=lambda i: i.path):
-                if child.type != pafs.FileType.File:
-                    continue
-                rel = posixpath.relpath(child.path, path)
-                _add_file(fs, index, child.path, _as_uri(uri, child.path), f"{root_name}/{rel}",
+        root_name = readable_name(posixpath.basename(path.rstrip("/")) or "input")
+        if kind == "dir":
+            if _is_local(fs):
+                children = _walk_local(path, skipped)
+            else:
+                selector = pafs.FileSelector(path, recursive=True)
+                children = [c.path for c in sorted(fs.get_file_info(selector), key=lambda i: i.path)
+                            if c.type == pafs.FileType.File]
+            for child in children:
+                rel = readable_name(posixpath.relpath(child, path))
+                _add_file(fs, index, child, readable_name(_as_uri(uri, child)), f"{root_name}/{rel}",
                           False, sources, skipped)
         elif _ext(path) in LIST_EXTENSIONS:
             if _depth > 2:
@@ -256,17 +335,40 @@ def list_sources(inputs: list[str], filesystem=None, *, _depth: int = 0) -> Corp
             sources.extend(Source(**{**s.to_dict(), "fs": s.fs + offset}) for s in nested.sources)
             skipped.extend(nested.skipped)
         else:
-            _add_file(fs, index, path, uri, root_name, True, sources, skipped)
+            _add_file(fs, index, path, readable_name(uri), root_name, True, sources, skipped)
 
     sources = _unique_keys(sources)
     return Corpus(sorted(sources, key=lambda s: s.key), sorted(set(skipped), key=lambda s: s.path), filesystems)
+
+
+def _local_kind(path: str) -> str | None:
+    """"dir", "file" or None (missing) for a local path; any name, UTF-8 or not."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"--input {readable_name(path)}: cannot access ({exc.strerror})") from None
+    return "dir" if stat.S_ISDIR(st.st_mode) else "file"
+
+
+def _remote_kind(fs, path: str, uri: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise UsageError(f"--input {uri}: cannot access ({exc})") from None
+    if info.type == pafs.FileType.NotFound:
+        return None
+    return "dir" if info.type == pafs.FileType.Directory else "file"
 
 
 def _unique_keys(sources: list[Source]) -> list[Source]:
     """Drop exact duplicates (a file named twice); give colliding keys their full path instead."""
     seen: dict[tuple, Source] = {}
     for s in sources:
-        seen.setdefault((s.uri, s.member), s)
+        seen.setdefault((s.path, s.member), s)  # the real name: two names may read alike
     by_key: dict[str, list[Source]] = {}
     for s in seen.values():
         by_key.setdefault(s.key, []).append(s)
@@ -288,13 +390,13 @@ def read_source(source: Source, filesystems: list) -> bytes:
     fs = filesystems[source.fs]
     try:
         if source.member is not None:
-            with fs.open_input_file(source.path) as f:
+            with _open(fs, source.path) as f:
                 f.seek(source.offset)
                 data = f.read(source.size)
             if len(data) != source.size:
                 raise ImageDecodeError(f"tar member truncated ({len(data)} of {source.size} bytes)")
             return data
-        with fs.open_input_stream(source.path) as f:
+        with _open(fs, source.path) as f:
             return f.read()
     except ImageDecodeError:
         raise

@@ -238,6 +238,7 @@ class SynthJob:
                 if time.monotonic() - last_write > 5.0:  # keep the manifest current, cheaply
                     out.write_manifest(manifest.to_dict(status="running"))
                     last_write = time.monotonic()
+            out.remove_temporaries()  # every shard is built: what is left was a killed attempt's
         summary = manifest.summary(elapsed=time.perf_counter() - started)
         out.write_manifest(manifest.to_dict(status="complete", summary=summary))
         if summary.samples == 0:

@@ -19,11 +19,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deblurdiff.errors import UsageError
+from deblurdiff.training.checkpoints import choose_resume_point, existing_checkpoints
 from deblurdiff.training.config import TrainConfig, check_config, micro_batch_size
 
 logger = logging.getLogger(__name__)
@@ -81,12 +83,9 @@ def plan_resources(cfg: TrainConfig, nodes: list[dict]) -> Resources:
     )
 
 
-def _existing_checkpoints(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()) if run_dir.is_dir() else []
-
-
-def _check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
-    """ZeRO shards the optimiser state per rank: a run resumes with the worker count it was saved with."""
+def _check_resumable(checkpoint: Path, cfg: TrainConfig, model_dir: Path) -> None:
+    """ZeRO shards the optimiser state per rank: a run resumes with the worker count it was saved with.
+    A run at max_steps resumes only to redo an export that did not finish (no ``model/``)."""
     try:
         saved = json.loads((checkpoint / "train_state.json").read_text())
     except (OSError, ValueError):
@@ -94,9 +93,18 @@ def _check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
     if saved.get("world_size") not in (None, cfg.scaling.workers):
         raise UsageError(f"--workers {cfg.scaling.workers}: {checkpoint.name} was saved by {saved['world_size']} workers "
                          f"(ZeRO shards the optimiser state per worker); resume with --workers {saved['world_size']}")
-    if saved.get("step", 0) >= cfg.train.max_steps:
+    if saved.get("step", 0) >= cfg.train.max_steps and _exported_step(model_dir.parent) == saved.get("step"):
         raise UsageError(f"train.max_steps={cfg.train.max_steps}: the run is already at step {saved['step']}; "
                          f"raise train.max_steps to continue it")
+
+
+def _exported_step(out: Path) -> int | None:
+    """The step of the last finished export (summary.json of a finished launch), else None."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary.get("final_step") if summary.get("status") == "finished" else None
 
 
 def _worker_env(use_gpu: bool) -> dict:
@@ -234,15 +242,18 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
     out = Path(cfg.run.output_dir).expanduser().resolve()
     cfg.run.output_dir = str(out)  # workers on other nodes need the absolute path
     run_dir = out / cfg.run.name
-    previous = _existing_checkpoints(run_dir)
+    previous = existing_checkpoints(run_dir)
     if previous and not resume:
         raise UsageError(f"run.output_dir {out}: already holds run '{cfg.run.name}' with {len(previous)} "
                          f"checkpoint(s); pass --resume to continue it, or set run.output_dir / run.name")
-    if resume and not previous:
-        raise UsageError(f"--resume: no checkpoint of run '{cfg.run.name}' under {out} to continue from")
-    if resume:
-        _check_resumable(run_dir / previous[-1], cfg)
+    resume_from = None
+    if resume:  # the newest intact checkpoint (damaged newer ones are set aside, with a warning)
+        point = choose_resume_point(run_dir, cfg.run.name, out)
+        _check_resumable(point.path, cfg, out / "model")
+        resume_from = str(point.path) if point.damaged else None
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".model.tmp-*"):  # an export killed half-way (never under the final name)
+        shutil.rmtree(stale, ignore_errors=True)
 
     # 2. Ray: size the workers so the data stages keep CPUs; build the data stream + held-out pairs.
     connect(address)
@@ -260,7 +271,7 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(), "events": events, "validation": validation,
-                           "use_gpu": r.use_gpu, "threads": r.threads},
+                           "use_gpu": r.use_gpu, "threads": r.threads, "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=r.use_gpu,
                                      resources_per_worker=worker_resources),
         run_config=RunConfig(
@@ -279,14 +290,33 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
         result = trainer.fit()
     except Exception as exc:
         error = exc
-        raise
-    finally:
+    finally:  # summary.json either way (a Ctrl-C too)
         summary = build_summary(cfg, ray.get(events.snapshot.remote()), started=started, data_ready=data_ready,
                                 resources=r, held_out=held_out, result=result, error=error)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    if error is not None:
+        raise TrainingFailed(_failure_line(error, summary["last_step"], cfg, run_dir)) from error
     m = summary["last_metrics"]
     print(f"deblurdiff train: step {summary['final_step']}/{cfg.train.max_steps} in {summary['wall_s']:.0f} s, "
           f"{summary['restarts']} restart(s), {len(summary['checkpoints'])} checkpoint(s); "
           f"loss {m.get('train/loss', float('nan')):.4f}, val latent MSE {m.get('val/latent_mse', float('nan')):.4f} "
           f"(blurry {m.get('val/blurry_latent_mse', float('nan')):.4f}); model -> {summary['model_dir']}", flush=True)
     return summary
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped (a worker died, an error in the loop); the message says where and what next."""
+
+
+def _failure_line(exc: Exception, last_step: int | None, cfg: TrainConfig, run_dir: Path) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kept = existing_checkpoints(run_dir)
+    if last_step is None:
+        where = "before its first step"
+    elif last_step >= cfg.train.max_steps:
+        where = f"after its last step ({last_step}), before the export to model/ finished"
+    else:
+        where = f"after step {last_step}"
+    hint = (f"the newest checkpoint is {kept[-1]}: continue with the same command and --resume" if kept
+            else "no checkpoint was written: run it again")
+    return f"training stopped {where} of max_steps {cfg.train.max_steps} ({type(exc).__name__}: {first}); {hint}"

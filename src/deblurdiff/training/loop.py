@@ -112,8 +112,8 @@ def setup(config: dict) -> Worker:
                metrics=None, events=config["events"],
                validation_pairs=tuple(torch.tensor(a) for a in config["validation"]))  # copies of the arrays
 
-    # 4. Resume from the latest checkpoint Ray Train hands back, if any.
-    load_checkpoint(w)
+    # 4. Resume from the latest checkpoint Ray Train hands back, if any (or the intact one --resume chose).
+    load_checkpoint(w, config.get("resume_from"))
     clock.mark("resume")
 
     # 5. The metric logger (W&B on rank 0) and the data: endless micro-batches from this rank's shard,
@@ -328,14 +328,18 @@ def save_checkpoint(w: Worker) -> None:
         w.events.record_checkpoint.remote(w.state.step, name)
 
 
-def load_checkpoint(w: Worker) -> None:
+def load_checkpoint(w: Worker, resume_from: str | None = None) -> None:
     """Resume: Ray Train hands back the latest registered checkpoint after a worker-group restart
-    (FailureConfig) or for `--resume` (same storage_path + name); without one, a fresh start."""
+    (FailureConfig) or for `--resume` (same storage_path + name); without one, a fresh start. When
+    `--resume` had to set damaged checkpoints aside (training/checkpoints.py), Ray's list starts
+    empty and ``resume_from`` names the intact checkpoint to load instead."""
     import ray.train
 
     from deblurdiff.training.state import read_checkpoint
 
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and resume_from:
+        checkpoint = ray.train.Checkpoint.from_directory(resume_from)
     if checkpoint is None:
         return
     with checkpoint.as_directory() as ckpt_dir:
