@@ -117,11 +117,12 @@ def ray_cluster():
     ports = lambda: ["--min-worker-port", "0", "--max-worker-port", "0",  # noqa: E731
                      "--dashboard-agent-listen-port", str(free_port()),
                      "--metrics-export-port", str(free_port())]
-    _start_node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-                 "--ray-client-server-port", str(free_port()),
-                 "--num-cpus", "2", "--num-gpus", "0", "--resources", '{"head": 1}', *ports()])
     try:
+        # Inside the try: a head that fails half-way (GCS up, raylet timed out) is stopped too.
+        _start_node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+                     "--ray-client-server-port", str(free_port()),
+                     "--num-cpus", "2", "--num-gpus", "0", "--resources", '{"head": 1}', *ports()])
         _start_node(["--address", address, "--node-ip-address", "127.0.0.1",
                      "--num-cpus", "2", "--num-gpus", "0", "--resources", '{"node2": 1}', *ports()])
         import ray
