@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from deblurdiff.blur_synthesis.kernels import kernels_to_array
+from deblurdiff.blur_synthesis.params import SampleParams
 from deblurdiff.blur_synthesis.synthesize import synthesize
 from deblurdiff.files import atomic_write
 from deblurdiff.pixels import to_float, to_uint8
@@ -51,15 +52,16 @@ def _photos(size: int, picks: list[int], inputs: list[str]) -> torch.Tensor:
     return to_float(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
 
 
-def _caption(params: dict) -> str:
+def _caption(record: dict) -> str:
+    params = SampleParams.from_dict(record)
     psfs = ", ".join(
         f"{p['family']} {p.get('size') or round(p.get('length', 0) or p.get('radius', 0) or p.get('sigma_x', 0), 1)}"
-        for p in params["blur"]["psfs"]
+        for p in params.blur.psfs
     )
-    stages = [name for name in ("linear_light", "saturation", "bayer", "noise") if params[name]["applied"]]
-    if params["jpeg"]["applied"]:
-        stages.append(f"jpeg q{params['jpeg']['quality']}")
-    return f"seed {params['seed']}: {psfs} | " + ", ".join(stages)
+    stages = [name for name in ("linear_light", "saturation", "bayer", "noise") if getattr(params, name).applied]
+    if params.jpeg.applied:
+        stages.append(f"jpeg q{params.jpeg.quality}")
+    return f"seed {params.seed}: {psfs} | " + ", ".join(stages)
 
 
 def _kernel_tile(kernels: np.ndarray, size: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 Two steps per sample, kept apart (kornia style):
 
 1. ``sample_params(recipe, seed)`` draws every random value from a CPU ``torch.Generator`` seeded by
-   the sample's seed and returns a JSON-able dict (the ``meta.json`` record). ``build_kernels`` and
+   the sample's seed and returns a JSON-able dict (the ``meta.json`` record; typed inside as
+   ``params.SampleParams``). ``build_kernels`` and
    ``region_masks`` turn it into tensors deterministically; the sensor-noise field comes from its own
    CPU generator seeded by a drawn ``noise_seed``.
 2. ``degrade(sharp, params, kernels)`` applies the stages in recipe order on the image's device.
@@ -26,6 +27,16 @@ import torch
 from deblurdiff.blur_synthesis import formation as fm
 from deblurdiff.blur_synthesis.conv import fft_blur, region_masks
 from deblurdiff.blur_synthesis.kernels import bernoulli, build_psf, choice, log_uniform, pad_to, randint, related_psf, sample_psf, uniform
+from deblurdiff.blur_synthesis.params import (
+    BayerParams,
+    BlurParams,
+    JpegParams,
+    LinearLightParams,
+    MaskParams,
+    NoiseParams,
+    SampleParams,
+    SaturationParams,
+)
 from deblurdiff.blur_synthesis.recipe import Recipe, load_recipe
 
 __all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "build_masks", "noise_field", "degrade"]
@@ -53,6 +64,11 @@ _STAGES = ("linear_light", "saturation", "blur", "bayer", "noise", "jpeg")
 
 
 def sample_params(recipe: Recipe, seed: int) -> dict:
+    """Every random value for one sample, as its JSON-able record (``draw_params(...).to_dict()``)."""
+    return draw_params(recipe, seed).to_dict()
+
+
+def draw_params(recipe: Recipe, seed: int) -> SampleParams:
     """Every random value for one sample. ``Generator().manual_seed(seed)`` (CPU) first draws one
     seed per stage; each stage then draws from its own generator, so what one stage draws (how many
     regions, which PSF family) never shifts the draws of another, and every draw is reproducible on any
@@ -63,14 +79,15 @@ def sample_params(recipe: Recipe, seed: int) -> dict:
     r = recipe
 
     g, ll = gen["linear_light"], r.linear_light
-    linear_light = {
-        "applied": bernoulli(g, ll.prob),
-        "curve": choice(g, ll.curves.model_dump()) if sum(ll.curves.model_dump().values()) > 0 else "srgb",
-        "gamma": uniform(g, *ll.gamma_range),
-    }
+    linear_light = LinearLightParams(
+        applied=bernoulli(g, ll.prob),
+        curve=choice(g, ll.curves.model_dump()) if sum(ll.curves.model_dump().values()) > 0 else "srgb",
+        gamma=uniform(g, *ll.gamma_range),
+    )
 
     g, sat = gen["saturation"], r.saturation
-    saturation = {"applied": bernoulli(g, sat.prob), "threshold": uniform(g, *sat.threshold), "gain": log_uniform(g, *sat.gain)}
+    saturation = SaturationParams(applied=bernoulli(g, sat.prob), threshold=uniform(g, *sat.threshold),
+                                  gain=log_uniform(g, *sat.gain))
 
     g, sv = gen["blur"], r.blur.spatially_varying
     varying = bernoulli(g, sv.prob)
@@ -80,13 +97,14 @@ def sample_params(recipe: Recipe, seed: int) -> dict:
     if shared:  # the same hand motion seen through a rotating camera: turned and scaled per region
         max_size = 2 * ((int(r.blur.trajectory.size[1]) - 1) // 2) + 1  # largest odd size allowed
         psfs = [psfs[0]] + [related_psf(g, psfs[0], sv.rotation, sv.scale, max_size) for _ in range(n_regions - 1)]
-    blur = {"psfs": psfs, "border": r.blur.border, "masks": None}
+    masks = None
     if varying:
         centres = torch.rand(n_regions, 2, generator=g, dtype=torch.float64).tolist()
-        blur["masks"] = {"centres": centres, "softness": uniform(g, *sv.softness)}
+        masks = MaskParams(centres=centres, softness=uniform(g, *sv.softness))
+    blur = BlurParams(psfs=psfs, border=r.blur.border, masks=masks)
 
     g = gen["bayer"]
-    bayer = {"applied": bernoulli(g, r.bayer.prob), "cfa": fm.CFA_PATTERNS[randint(g, 0, 3)]}
+    bayer = BayerParams(applied=bernoulli(g, r.bayer.prob), cfa=fm.CFA_PATTERNS[randint(g, 0, 3)])
 
     g, nz = gen["noise"], r.noise
     applied = bernoulli(g, nz.prob)
@@ -95,52 +113,45 @@ def sample_params(recipe: Recipe, seed: int) -> dict:
         read = math.sqrt(math.exp(2.18 * math.log(max(shot, 1e-12)) + 1.20 + 0.26 * float(torch.randn((), generator=g, dtype=torch.float64))))
     else:
         read = log_uniform(g, *nz.read)
-    noise = {"applied": applied, "shot": shot, "read": read, "noise_seed": int(torch.randint(0, 2**62, (), generator=g))}
+    noise = NoiseParams(applied=applied, shot=shot, read=read, noise_seed=int(torch.randint(0, 2**62, (), generator=g)))
 
     g = gen["jpeg"]
-    jp = {"applied": bernoulli(g, r.jpeg.prob), "quality": randint(g, *r.jpeg.quality)}
+    jp = JpegParams(applied=bernoulli(g, r.jpeg.prob), quality=randint(g, *r.jpeg.quality))
 
-    return {
-        "recipe": r.name,
-        "recipe_hash": r.hash,
-        "seed": int(seed),
-        "linear_light": linear_light,
-        "saturation": saturation,
-        "blur": blur,
-        "bayer": bayer,
-        "noise": noise,
-        "jpeg": jp,
-    }
+    return SampleParams(recipe=r.name, recipe_hash=r.hash, seed=int(seed), linear_light=linear_light,
+                        saturation=saturation, blur=blur, bayer=bayer, noise=noise, jpeg=jp)
 
 
-def build_kernels(params: dict) -> torch.Tensor:
+def build_kernels(params: SampleParams | dict) -> torch.Tensor:
     """(n_psf, K, K) float32 CPU: the sample's PSFs, zero-padded (centred) to the largest."""
-    psfs = [build_psf(spec) for spec in params["blur"]["psfs"]]
+    psfs = [build_psf(spec) for spec in SampleParams.coerce(params).blur.psfs]
     size = max(p.shape[-1] for p in psfs)
     return torch.stack([pad_to(p, size) for p in psfs])
 
 
-def build_masks(params: dict, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+def build_masks(params: SampleParams | dict, height: int, width: int,
+                device: torch.device | str = "cpu") -> torch.Tensor | None:
     """(1, n, H, W) region masks of a spatially varying sample, or None for uniform blur."""
-    spec = params["blur"]["masks"]
+    spec = SampleParams.coerce(params).blur.masks
     if spec is None:
         return None
-    centres = torch.tensor(spec["centres"], dtype=torch.float32, device=device)[None]  # (1, n, 2)
-    return region_masks(centres, torch.tensor([spec["softness"]], device=device), height, width)
+    centres = torch.tensor(spec.centres, dtype=torch.float32, device=device)[None]  # (1, n, 2)
+    return region_masks(centres, torch.tensor([spec.softness], device=device), height, width)
 
 
-def noise_field(params: dict, height: int, width: int) -> torch.Tensor | None:
+def noise_field(params: SampleParams | dict, height: int, width: int) -> torch.Tensor | None:
     """The sample's standard-normal noise field, (C, H, W) float32 on CPU (C = 1 on a Bayer raw, else 3),
-    from its own generator seeded by ``params["noise"]["noise_seed"]``; None when noise is off."""
-    noise = params["noise"]
-    if not noise["applied"]:
+    from its own generator seeded by ``params.noise.noise_seed``; None when noise is off."""
+    p = SampleParams.coerce(params)
+    if not p.noise.applied:
         return None
-    channels = 1 if params["bayer"]["applied"] else 3
-    return torch.randn(channels, height, width, generator=torch.Generator().manual_seed(noise["noise_seed"]))
+    channels = 1 if p.bayer.applied else 3
+    return torch.randn(channels, height, width, generator=torch.Generator().manual_seed(p.noise.noise_seed))
 
 
 # ----------------------------------------------------------------------------- 2. applying
-def degrade(sharp: torch.Tensor, params: dict, kernels: torch.Tensor, eps: torch.Tensor | None = None, apply_jpeg: bool = True) -> torch.Tensor:
+def degrade(sharp: torch.Tensor, params: SampleParams | dict, kernels: torch.Tensor, eps: torch.Tensor | None = None,
+            apply_jpeg: bool = True) -> torch.Tensor:
     """Apply one sample's drawn degradation: sharp (1, 3, H, W) in [0, 1] -> blurry (1, 3, H, W).
 
     ``kernels`` from ``build_kernels(params)``; ``eps`` from ``noise_field`` (drawn here when None).
@@ -148,30 +159,31 @@ def degrade(sharp: torch.Tensor, params: dict, kernels: torch.Tensor, eps: torch
     """
     x = sharp
     h, w = x.shape[-2:]
-    ll, sat, bayer, noise, jp = (params[k] for k in ("linear_light", "saturation", "bayer", "noise", "jpeg"))
+    p = SampleParams.coerce(params)
+    ll, sat, bayer, noise, jp = p.linear_light, p.saturation, p.bayer, p.noise, p.jpeg
 
     # 1. to linear light (blur and noise are physical in scene radiance, not in display values)
-    if ll["applied"]:
-        x = fm.to_linear(x, ll["curve"], ll["gamma"])
+    if ll.applied:
+        x = fm.to_linear(x, ll.curve, ll.gamma)
     # 2. clipped highlights get their true radiance back (> 1) so the blur spreads them
-    if sat["applied"]:
-        x = fm.boost_highlights(x, sat["threshold"], sat["gain"])
+    if sat.applied:
+        x = fm.boost_highlights(x, sat.threshold, sat.gain)
     # 3. blur: one PSF, or several blended by smooth masks
-    x = fft_blur(x, kernels[None].to(x.device), build_masks(params, h, w, x.device), border=params["blur"]["border"])
+    x = fft_blur(x, kernels[None].to(x.device), build_masks(p, h, w, x.device), border=p.blur.border)
     # 4. sensor: Bayer sampling, Poisson–Gaussian noise, clipping at full well
-    if bayer["applied"]:
-        x = fm.mosaic(x, bayer["cfa"])
-    if noise["applied"]:
-        eps = noise_field(params, h, w) if eps is None else eps
-        x = fm.poisson_gaussian_noise(x, noise["shot"], noise["read"], eps[None].to(x.device, non_blocking=True))
+    if bayer.applied:
+        x = fm.mosaic(x, bayer.cfa)
+    if noise.applied:
+        eps = noise_field(p, h, w) if eps is None else eps
+        x = fm.poisson_gaussian_noise(x, noise.shot, noise.read, eps[None].to(x.device, non_blocking=True))
     x = x.clamp(0, 1)
-    if bayer["applied"]:
-        x = fm.demosaic(x, bayer["cfa"]).clamp(0, 1)
+    if bayer.applied:
+        x = fm.demosaic(x, bayer.cfa).clamp(0, 1)
     # 5. back to display values, then the camera's JPEG
-    if ll["applied"]:
-        x = fm.from_linear(x, ll["curve"], ll["gamma"]).clamp(0, 1)
-    if jp["applied"] and apply_jpeg:
-        x = fm.jpeg(x, [jp["quality"]])
+    if ll.applied:
+        x = fm.from_linear(x, ll.curve, ll.gamma).clamp(0, 1)
+    if jp.applied and apply_jpeg:
+        x = fm.jpeg(x, [jp.quality])
     return x
 
 
@@ -212,15 +224,16 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
 
     # 1. draws, on CPU: parameters, PSFs and noise fields (independent per sample)
     def prepare(seed: int):
-        p = sample_params(recipe, seed)
+        p = draw_params(recipe, seed)
         return p, build_kernels(p), noise_field(p, h, w)
 
     prepared = _map(prepare, seeds)
     # 2. image formation on sharp's device, one sample at a time (so batch-independent bit for bit)
     blurry = [degrade(sharp[i : i + 1], p, k, eps, apply_jpeg=False) for i, (p, k, eps) in enumerate(prepared)]
     # 3. the camera's JPEG, on CPU (Pillow/libjpeg)
-    coded = [i for i, (p, _, _) in enumerate(prepared) if p["jpeg"]["applied"]]
-    for i, x in zip(coded, _map(lambda i: fm.jpeg(blurry[i], [prepared[i][0]["jpeg"]["quality"]]), coded)):
+    coded = [i for i, (p, _, _) in enumerate(prepared) if p.jpeg.applied]
+    for i, x in zip(coded, _map(lambda i: fm.jpeg(blurry[i], [prepared[i][0].jpeg.quality]), coded)):
         blurry[i] = x
     out = torch.cat(blurry) if blurry else sharp.clone()
-    return SynthesisResult(blurry=out, kernels=[k for _, k, _ in prepared], params=[p for p, _, _ in prepared], recipe=recipe)
+    return SynthesisResult(blurry=out, kernels=[k for _, k, _ in prepared], params=[p.to_dict() for p, _, _ in prepared],
+                           recipe=recipe)
