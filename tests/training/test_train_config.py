@@ -156,3 +156,19 @@ def test_cli_resume_with_another_worker_count_or_no_steps_left_exits_2(cli, tmp_
     assert proc.returncode == 2 and "--workers 1" in proc.stderr and "--workers 2" in proc.stderr
     proc = cli(*base, "--set", "train.max_steps=10", timeout=120)
     assert proc.returncode == 2 and "train.max_steps=10" in proc.stderr
+
+
+def test_finetune_config_starts_from_a_pipeline_directory(tmp_path):
+    """configs/finetune-released.yaml: its launch command in the header; model.init_from checked at start-up."""
+    header = (REPO / "configs" / "finetune-released.yaml").read_text().split("\n\n")[0]
+    assert "deblurdiff convert --checkpoint" in header
+    assert "deblurdiff train --config configs/finetune-released.yaml" in header
+    with pytest.raises(UsageError, match=r"model\.init_from .*no such directory"):
+        load("finetune-released.yaml", f"model.init_from={tmp_path / 'absent'}")
+    model_dir = tmp_path / "released"
+    model_dir.mkdir()
+    (model_dir / "model_index.json").write_text("{}")
+    cfg = load("finetune-released.yaml", f"model.init_from={model_dir}")
+    assert cfg.model.init_from == str(model_dir) and cfg.train.validate_at_start
+    with pytest.raises(UsageError, match=r"remove model\.preset"):
+        load("finetune-released.yaml", f"model.init_from={model_dir}", "model.preset=sd21")

@@ -125,7 +125,12 @@ def sd21_vae_config() -> dict:
 
 
 def _load_frozen_sd21(base_model: str):
-    """VAE, UNet and the empty-prompt context from a diffusers SD-2.1 directory (or a named hub id)."""
+    """VAE, UNet and the empty-prompt context from a diffusers SD-2.1 directory, a single
+    ``.ckpt``/``.safetensors`` file (``models.single_file``), or a named hub id."""
+    from deblurdiff.models.single_file import SINGLE_FILE_SUFFIXES, load_sd21_single_file
+
+    if os.path.isfile(base_model) and base_model.endswith(SINGLE_FILE_SUFFIXES):
+        return load_sd21_single_file(base_model)
     local = os.path.isdir(base_model)
     if not local and (base_model.count("/") != 1 or os.path.exists(base_model)):
         raise UsageError(f"base_model {base_model!r} is neither a local diffusers directory nor a hub id "
