@@ -269,16 +269,22 @@ def soak_mix(steps: int) -> list[dict]:
 
 def _serve_processes(app_name: str) -> dict[str, int]:
     """PIDs of this app's model replica, ingress replica and the HTTP proxy (all on this machine)."""
+    import ray
     from ray.util.state import list_actors
 
+    # The connected cluster's own address: without it the state API picks the newest cluster on
+    # the machine, which need not be ours.
+    address = ray.get_runtime_context().gcs_address
     pids = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000):
         if actor.class_name == f"ServeReplica:{app_name}:DeblurModel":
             pids["model replica"] = actor.pid
         elif actor.class_name == f"ServeReplica:{app_name}:DeblurIngress":
             pids["ingress replica"] = actor.pid
         elif actor.class_name == "ProxyActor":
             pids["http proxy"] = actor.pid
+    if len(pids) != 3:
+        raise RuntimeError(f"found only {sorted(pids)} of app {app_name!r} on the cluster at {address}")
     return pids
 
 
@@ -391,7 +397,8 @@ def soak_main(args, model: str) -> int:
     from deblurdiff._ray import connect
     from deblurdiff.serving.app import build_app
 
-    connect(args.address or "local", **({} if args.address else {"include_dashboard": False}))
+    # The dashboard serves the state API (list_actors), which finds the replicas' PIDs.
+    connect(args.address or "local", **({} if args.address else {"include_dashboard": True}))
     port = args.port
     if port is None:
         import socket

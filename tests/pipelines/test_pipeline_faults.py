@@ -125,10 +125,11 @@ def test_a_file_that_vanishes_between_listing_and_reading_is_skipped_and_reporte
 
 # ------------------------------------------------------------------------ SIGKILL
 def _shard_builder_pids() -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-            if "ShardBuilder" in a.class_name and a.pid]
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
+    return [a.pid for a in actors if "ShardBuilder" in a.class_name and a.pid]
 
 
 def _wait_for(condition, timeout: float, what: str):

@@ -143,10 +143,11 @@ def test_short_soak_of_valid_and_hostile_requests_has_no_500_and_no_leak(base_ur
 
 # ------------------------------------------------------------------------ replica death under load
 def _model_replica_pid() -> int:
+    import ray
     from ray.util.state import list_actors
 
-    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-             if a.class_name == f"ServeReplica:{APP}:DeblurModel"]
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
+    alive = [a for a in actors if a.class_name == f"ServeReplica:{APP}:DeblurModel"]
     assert len(alive) == 1, alive
     return alive[0].pid
 
