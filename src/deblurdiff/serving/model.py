@@ -36,7 +36,8 @@ class BatchSettings(Section):
 
 def group_key(job: dict) -> tuple:
     height, width = job["image"].shape[:2]
-    return (height, width, job["steps"], job["sampler"], job["tile"], job.get("kernel_map", False))
+    return (height, width, job["steps"], job["sampler"], job.get("strength"), job["tile"],
+            job.get("kernel_map", False))
 
 
 def group_jobs(jobs: list[dict]) -> list[list[int]]:
@@ -57,16 +58,6 @@ def _is_fatal_device_error(exc: BaseException) -> bool:
 def _preset_name(pipe) -> str | None:
     value = pipe.config.get("preset")  # recorded by from_preset and kept by save_pretrained
     return str(value) if value else None
-
-
-def _default_sampler(pipe, samplers) -> str:
-    # The sampler a call without `sampler=` uses: the __call__ default (the released "ddpm").
-    import inspect
-
-    default = inspect.signature(type(pipe).__call__).parameters.get("sampler")
-    if default is not None and default.default in samplers:
-        return str(default.default)
-    return str(list(samplers)[0])
 
 
 @serve.deployment(name="DeblurModel", health_check_period_s=10, health_check_timeout_s=30,
@@ -97,7 +88,10 @@ class DeblurModel:
             "samplers": list(SAMPLERS),
             "kernel_size": int(self.pipe.lkpn.config.kernel_size),
             "vae_scale_factor": int(self.pipe.vae_scale_factor),
-            "default_sampler": _default_sampler(self.pipe, SAMPLERS),
+            # What a request without steps/sampler/strength runs: the settings this model was validated
+            # with (recorded in its directory), else the released 50-step DDPM.
+            "default_sampling": self.pipe.default_sampling(),
+            "default_sampler": self.pipe.default_sampling()["sampler"],
             "torch": torch.__version__,
         }
         if self.device.type == "cuda" and self._info["eac_backend"] != "cuda":
@@ -120,7 +114,7 @@ class DeblurModel:
 
     async def deblur(self, job: dict[str, Any]) -> dict:
         """One image in, one result out: ``{"image": (H, W, 3) uint8, "batch_size", "seconds", "sampler",
-        "replica"}`` or ``{"error": {"status", "code", "message"}}``."""
+        "steps", "strength", "replica"}`` (the sampler settings actually run) or ``{"error": {"status", "code", "message"}}``."""
         return await self._batched(job)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -143,9 +137,10 @@ class DeblurModel:
                     results[i] = {"error": error}
                 continue
             seconds = time.perf_counter() - started
+            defaults = self._info["default_sampling"]
             for i, image, spread in zip(indices, images, spreads):
-                results[i] = {"image": image, "batch_size": len(indices), "seconds": seconds,
-                              "sampler": jobs[i]["sampler"] or self._info["default_sampler"],
+                ran = {k: defaults[k] if jobs[i].get(k) is None else jobs[i][k] for k in ("sampler", "steps", "strength")}
+                results[i] = {"image": image, "batch_size": len(indices), "seconds": seconds, **ran,
                               "replica": self._replica}
                 if spread is not None:
                     results[i]["spread"] = spread
@@ -161,9 +156,8 @@ class DeblurModel:
         first = group[0]
         # One generator per image: its result depends on its own seed only, not on its batch mates.
         generators = [torch.Generator(device="cpu").manual_seed(job["seed"]) for job in group]
-        kwargs = {}
-        if first["sampler"] is not None:
-            kwargs["sampler"] = first["sampler"]
+        # Unset sampler settings (None) make the pipeline use the model's validated ones.
+        kwargs = {"sampler": first["sampler"], "strength": first.get("strength")}
         if first["tile"] is not None:
             kwargs["tile_size"] = first["tile"]
         want_map = bool(first.get("kernel_map"))
