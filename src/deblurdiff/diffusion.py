@@ -224,9 +224,9 @@ class DeblurDiffPipeline(DiffusionPipeline):
             colour_fix: "adain" matches each output channel's mean/std to the input's; "none" skips it.
             return_intermediates: also return the per-step ẑ and kernels.
             strength: where sampling starts, as in diffusers' img2img. 1.0 (released): from pure noise x_T,
-                all ``num_inference_steps`` steps. Below 1: from the blurry latent z_b noised to the
-                ``int(num_inference_steps · strength)``-th last timestep, running only those steps; less
-                invented detail, more fidelity to the input, and faster.
+                all ``num_inference_steps`` steps. Below 1: from the LKPN's deblurred latent ẑ (computed
+                from z_b, with z_b in place of x_t) noised to the ``int(num_inference_steps · strength)``-th
+                last timestep, running only those steps: less invented detail, more fidelity, faster.
         """
         # 1. check inputs (unset sampler settings: the ones this model was validated with)
         defaults = self.default_sampling()
@@ -283,15 +283,22 @@ class DeblurDiffPipeline(DiffusionPipeline):
             scheduler.set_begin_index(begin)
         timesteps_to_run = scheduler.timesteps[begin:]
 
-        # 4. x_T ~ N(0, I), or z_b noised to the first timestep run; latents stay fp32 across steps,
-        #    the networks may run in bf16
+        # 4. x_T ~ N(0, I); or (strength < 1) the LKPN's deblurred estimate ẑ noised to the first timestep
+        #    run. Latents stay fp32 across steps, the networks may run in bf16.
+        tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
+            if tile_size else None
         noise = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
         if begin == 0:
             latents = noise * scheduler.init_noise_sigma
         else:
-            latents = scheduler.add_noise(z_b.float(), noise, timesteps_to_run[:1].repeat(b))
-        tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
-            if tile_size else None
+            t_first = timesteps_to_run[:1].repeat(b)
+            # ẑ from z_b alone: the LKPN with z_b standing in for x_t (the sampler has no x_t yet).
+            if tiles is None:
+                z_start = self.lkpn(z_b.to(dtype), z_b.to(dtype), t_first, context).z_hat
+            else:  # tile by tile, blended like every step (the full predict_noise; its ẑ is what we need)
+                z_start = self._predict_noise(z_b.to(dtype), t_first, z_b.to(dtype), context, tiles,
+                                              control_scale).z_hat
+            latents = scheduler.add_noise(z_start.float(), noise, t_first)
 
         # 5. denoising loop: LKPN + EAC re-run on every x_t (iterative refinement), always on the original z_b
         z_hats, kernels, timesteps = [], [], []
