@@ -127,7 +127,7 @@ def _init_single_rank() -> None:
 
 def _time_steps(engine, pipe, batch, context, *, bf16, warmup, steps) -> tuple[float, float, float]:
     """(samples/s, s/step, peak GiB) over ``steps`` micro-steps after ``warmup``."""
-    from deblurdiff.training.recipe import micro_step
+    from deblurdiff.training.loop import micro_step
 
     gen = torch.Generator().manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
@@ -146,8 +146,7 @@ def _time_steps(engine, pipe, batch, context, *, bf16, warmup, steps) -> tuple[f
 def gpu_table(quick: bool, batch_size: int = 8, size: int = 512) -> str:
     from deblurdiff.ops import eac_backend
     from deblurdiff.training.engine import build_engine
-    from deblurdiff.training.export import build_pipeline
-    from deblurdiff.training.recipe import prepare_model
+    from deblurdiff.training.loop import build_pipeline, prepare_model
 
     device = torch.device("cuda")
     warmup, steps = (2, 4) if quick else (3, 10)
@@ -169,7 +168,8 @@ def gpu_table(quick: bool, batch_size: int = 8, size: int = 512) -> str:
         bf16 = precision == "bf16"
         opt = None
         try:
-            pipe, model, _ = prepare_model(cfg32, device, bf16=bf16, gradient_checkpointing=False, pipe=pipe)
+            prepared = prepare_model(cfg32, device, bf16=bf16, gradient_checkpointing=False, pipe=pipe)
+            pipe, model = prepared.pipe, prepared.module
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
             context = pipe.null_text_embedding(batch_size).to(device, torch.bfloat16 if bf16 else torch.float32)
             sps, dt, mem = _time_steps(_EagerEngine(model, opt), pipe, batch, context, bf16=bf16, warmup=warmup,
@@ -189,7 +189,8 @@ def gpu_table(quick: bool, batch_size: int = 8, size: int = 512) -> str:
     try:
         _init_single_rank()
         cfg16 = load_config(None, TrainConfig, [*base, "train.precision=bf16", "train.gradient_checkpointing=true"])
-        pipe, model, _ = prepare_model(cfg16, device, bf16=True, gradient_checkpointing=True, pipe=pipe)
+        prepared = prepare_model(cfg16, device, bf16=True, gradient_checkpointing=True, pipe=pipe)
+        pipe, model = prepared.pipe, prepared.module
         engine, _, _ = build_engine(model, cfg16, world_size=1, on_gpu=True, bf16=True)
         context = pipe.null_text_embedding(batch_size).to(device, torch.bfloat16)
         for ckpt in (True, False):

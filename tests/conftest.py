@@ -6,6 +6,9 @@
   a second ``ray start --address`` on this machine, each with its own resources). Ray's start costs
   tens of seconds on 2 cores, so every test shares it. It sets ``RAY_ADDRESS`` so CLI subprocesses
   join it too.
+- Tiers: whole-stack tests (cluster, Serve, browser, DeepSpeed runs) carry ``@pytest.mark.integration``;
+  ``pytest -m "not integration"`` is the fast tier. Using ``ray_cluster`` without the marker fails collection.
+- ``tiny_model_dir`` / ``tiny_pipe``: the one shared tiny model (saved once per session, and loaded).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # The fast tier (`pytest -m "not integration"`) must never start the cluster: a test that uses it
+    # without the marker is a collection error, not a slow surprise.
+    unmarked = [item.nodeid for item in items
+                if "ray_cluster" in getattr(item, "fixturenames", ()) and "integration" not in item.keywords]
+    if unmarked:
+        raise pytest.UsageError("these tests use the ray_cluster fixture; mark them @pytest.mark.integration: "
+                                + ", ".join(unmarked))
     if _cuda_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device (run on a lent GPU)")
@@ -159,6 +169,28 @@ def _stop_cluster(gcs_port: int) -> None:
 @pytest.fixture(scope="session")
 def ray_address(ray_cluster) -> str:
     return ray_cluster.address
+
+
+# ---------------------------------------------------------------- the tiny model (shared)
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """THE shared tiny model: the embedded default (tiny preset, seed 0) saved once per session, as a
+    trained model would be. Serving, deblur, eval and the training parts all start from it."""
+    from deblurdiff import DeblurDiffPipeline
+
+    path = tmp_path_factory.mktemp("tiny-model") / "tiny-pipeline"
+    DeblurDiffPipeline.from_preset("tiny").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    """``tiny_model_dir`` loaded once per session. Shared: read it, never change its weights."""
+    from deblurdiff import DeblurDiffPipeline
+
+    pipe = DeblurDiffPipeline.from_pretrained(tiny_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # ---------------------------------------------------------------- CLI

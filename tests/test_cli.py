@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
-from deblurdiff.cli import COMMAND_MODULES, build_parser
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# DESIGN §2 ("CLI"): the commands `deblurdiff --help` must list.
+DOCUMENTED_COMMANDS = ("synth", "train", "deblur", "serve", "eval", "convert", "demo")
+NOT_BUILT_YET = {"convert": "`deblurdiff convert` comes with issue 13; remove this mark when it lands"}
 
 
-def _existing_commands() -> list[str]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
-    return sorted(sub.choices)
+@pytest.fixture(scope="module")
+def listed() -> tuple[str, ...]:
+    """The subcommands `deblurdiff --help` prints (argparse: "    name    help" under COMMAND)."""
+    result = subprocess.run([str(Path(sys.executable).parent / "deblurdiff"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return tuple(re.findall(r"^    ([a-z][\w-]*)\s", result.stdout, flags=re.M))
 
 
-def test_help_lists_the_commands_that_exist(cli):
-    result = cli("--help")
-    assert result.returncode == 0
-    commands = _existing_commands()
-    assert commands, "no subcommand is registered"
-    for name in commands:
-        assert name in result.stdout
-    # every registered command is one that the design names
-    assert set(commands) <= {m.rsplit(".", 1)[1] for m in COMMAND_MODULES}
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_BUILT_YET[n])) if n in NOT_BUILT_YET else n
+    for n in DOCUMENTED_COMMANDS])
+def test_help_lists_every_documented_command(listed, name):
+    assert name in listed, f"`deblurdiff --help` does not list {name!r}: {listed}"
 
 
-def test_every_command_has_help(cli):
-    for name in _existing_commands():
+def test_help_lists_only_documented_commands(listed):
+    assert listed, "`deblurdiff --help` lists no command"
+    assert set(listed) <= set(DOCUMENTED_COMMANDS)
+
+
+def test_every_command_has_help(cli, listed):
+    for name in listed:
         result = cli(name, "--help")
         assert result.returncode == 0, (name, result.stderr)
         assert f"deblurdiff {name}" in result.stdout
@@ -36,8 +49,8 @@ def test_bad_flag_exits_2_with_one_line(cli):
     assert len(lines) == 1 and "--no-such-flag" in lines[0]
 
 
-def test_bad_flag_on_a_subcommand_exits_2_with_one_line(cli):
-    name = _existing_commands()[0]
+def test_bad_flag_on_a_subcommand_exits_2_with_one_line(cli, listed):
+    name = listed[0]
     result = cli(name, "--definitely-not-a-flag")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -7,6 +7,7 @@ import torch
 
 from deblurdiff import DeblurDiffPipeline
 from deblurdiff.diffusion import SAMPLERS, _latent_tiles, adain_colour_fix
+from deblurdiff.models import COMPONENTS
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_save_load_round_trip(pipe, tmp_path, sampler):
     again = DeblurDiffPipeline.from_pretrained(tmp_path)
     again.set_progress_bar_config(disable=True)
     assert again.config.preset == "tiny" and list(again.config.trainable_components) == ["unet", "controlnet", "lkpn"]
-    for name in ("vae", "unet", "controlnet", "lkpn", "null_text"):
+    for name in COMPONENTS:
         ours, theirs = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
     public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731

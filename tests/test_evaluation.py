@@ -29,17 +29,6 @@ def _png(img: Image.Image) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    from deblurdiff import DeblurDiffPipeline
-
-    model_dir = tmp_path_factory.mktemp("model")
-    DeblurDiffPipeline.from_preset("tiny").save_pretrained(model_dir)
-    pipe = DeblurDiffPipeline.from_pretrained(model_dir)
-    pipe.model_dir = model_dir
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def folder_pairs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
     (root / "blur").mkdir()
@@ -111,8 +100,8 @@ def test_limit_and_no_usable_pairs(tiny_pipe, folder_pairs, tmp_path):
         evaluate(tiny_pipe, empty, tmp_path / "t.json", steps=1, progress=False)
 
 
-def test_cli_bad_inputs_exit_2_with_one_line(cli, tiny_pipe, tmp_path):
-    model = str(tiny_pipe.model_dir)
+def test_cli_bad_inputs_exit_2_with_one_line(cli, tiny_model_dir, tmp_path):
+    model = str(tiny_model_dir)
     cases = [
         (["--model", str(tmp_path / "nope"), "--data", str(tmp_path), "--output", "o.json"], "--model"),
         (["--model", model, "--data", str(tmp_path / "missing"), "--output", "o.json"], "--data"),

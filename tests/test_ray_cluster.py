@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+pytestmark = pytest.mark.integration  # whole stack: the two-node Ray cluster
+
 
 def test_two_real_nodes(ray_cluster):
     import ray

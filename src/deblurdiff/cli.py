@@ -1,7 +1,8 @@
 """The ``deblurdiff`` command.
 
 Each subcommand lives in ``deblurdiff.commands.<name>`` and exposes ``register(subparsers)``; the
-modules keep heavy imports (torch, ray) inside their ``run`` so ``--help`` stays instant.
+modules are imported directly below (a typo fails at import, it cannot silently drop a command) and
+keep heavy imports (torch, ray) inside their ``run`` so ``--help`` stays instant.
 
 Exit codes (DESIGN §2): 0 success; 2 bad usage or bad input, one line naming the argument or file
 and why; 1 anything else.
@@ -10,22 +11,18 @@ and why; 1 anything else.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from deblurdiff import __version__
+from deblurdiff.commands import deblur, demo, serve, synth, train
+from deblurdiff.commands import eval as eval_command  # `eval` would shadow the builtin
 from deblurdiff.errors import UsageError
 
-# Explicit list (no auto-discovery): a subcommand exists when its module is named here.
-COMMAND_MODULES = [
-    "deblurdiff.commands.synth",
-    "deblurdiff.commands.train",
-    "deblurdiff.commands.deblur",
-    "deblurdiff.commands.serve",
-    "deblurdiff.commands.eval",
-    "deblurdiff.commands.demo",
-]
+# The subcommands, in the order `--help` lists them. A new command: import its module above and
+# add it here (e.g. `convert` after `eval`).
+COMMANDS = (synth, train, deblur, serve, eval_command, demo)
+COMMAND_MODULES = tuple(module.__name__ for module in COMMANDS)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -67,13 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=OneLineArgumentParser
     )
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not built yet: the command does not exist
-                continue
-            raise
+    for module in COMMANDS:
         module.register(subparsers)
     return parser
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deblurdiff.errors import UsageError
 
-__all__ = ["Section", "load_config", "apply_overrides", "validate_config"]
+__all__ = ["Section", "load_config", "apply_overrides", "describe_validation_error", "validate_config"]
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -53,14 +53,27 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
-def _describe(error: dict) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "<root>"
+def describe_validation_error(exc: ValidationError, source: str, unknown_key_hint: str = "") -> str:
+    """pydantic's errors as one line: ``"{source}: {dotted.key}: {what} (got {value!r}) (+N more)"``.
+
+    Used by every typed boundary (configs, blur recipes, Serve's args and user_config), so a wrong
+    key reads the same everywhere. ``unknown_key_hint`` says where the valid keys are documented.
+    """
+    errors = exc.errors()
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {_describe_one(errors[0], unknown_key_hint)}{more}"
+
+
+def _describe_one(error: dict, unknown_key_hint: str) -> str:
+    # pydantic adds the validator name / tuple index to the location; keep the user-facing dotted key
+    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "tuple[", "literal["))]
+    key = ".".join(loc) or "<root>"
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling; see the config's documented keys)"
+        return f"{key}: unknown key" + (f" ({unknown_key_hint})" if unknown_key_hint else "")
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    got = error.get("input")
-    return f"{key}: {error['msg']} (got {got!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
 
 
 def validate_config(data: dict, schema: type[ConfigT], source: str = "config") -> ConfigT:
@@ -68,9 +81,8 @@ def validate_config(data: dict, schema: type[ConfigT], source: str = "config") -
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UsageError(f"{source}: {problems[0]}{more}") from None
+        hint = "check the spelling; see the config's documented keys"
+        raise UsageError(describe_validation_error(exc, source, hint)) from None
 
 
 def load_config(path: str | Path | None, schema: type[ConfigT], overrides: list[str] | None = None) -> ConfigT:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from deblurdiff.errors import UsageError
+from deblurdiff.pixels import to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
     with _timed(timings, "deblur_clock_motion"):
         clock_rgb = read_rgb(_photo_paths((BLURRED_PHOTO,))[0])  # (300, 400, 3) uint8, grey as RGB
         restored = pipe(clock_rgb, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
-        restored_u8 = (np.clip(restored, 0, 1) * 255).round().astype(np.uint8)
+        restored_u8 = to_uint8(restored)
         (output / "clock_motion_restored.png").write_bytes(encode_image(restored_u8, "png"))
         _side_by_side(clock_rgb, restored_u8, output / "before_after.png")
 

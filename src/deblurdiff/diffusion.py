@@ -25,7 +25,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from deblurdiff.errors import UsageError
 from deblurdiff.models.objective import NoisePrediction, predict_noise
-from deblurdiff.models.presets import PRESETS
+from deblurdiff.models.presets import COMPONENTS, PRESETS
+from deblurdiff.pixels import to_float, to_uint8
 
 __all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "RELEASED_SAMPLING", "SAMPLERS", "check_sampling", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
 
@@ -85,28 +86,27 @@ class DeblurDiffPipeline(DiffusionPipeline):
                               null_text=null_text)
         if blurry_range not in ("unit", "signed"):
             raise ValueError(f"blurry_range must be 'unit' or 'signed', got {blurry_range!r}")
-        self.register_to_config(preset=preset, trainable_components=list(trainable_components),
-                                blurry_range=blurry_range, sampling=check_sampling(sampling))
-        # Gradients can only ever reach the trainable parts.
-        for name in ("vae", "unet", "controlnet", "lkpn", "null_text"):
-            getattr(self, name).requires_grad_(name in trainable_components)
+        self.register_to_config(preset=preset, blurry_range=blurry_range, sampling=check_sampling(sampling))
+        self.set_trainable(trainable_components)
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
     def from_preset(cls, name: str, base_model: str | None = None, random_init: bool = False, *,
                     device: str | torch.device | None = None, torch_dtype: torch.dtype | None = None,
-                    seed: int = 0) -> "DeblurDiffPipeline":
+                    seed: int = 0, trainable: list[str] | tuple[str, ...] | None = None) -> "DeblurDiffPipeline":
         """Build a preset: ``"tiny"`` (random init, CPU-sized; the embedded default) or ``"sd21"``
         (frozen parts from ``base_model``, a local diffusers dir or a hub id; or ``random_init=True``).
 
-        ``device="meta"`` builds shapes only (parameter counting); ``seed`` fixes the random init.
+        ``device="meta"`` builds shapes only (parameter counting); ``seed`` fixes the random init;
+        ``trainable`` overrides the preset's trainable components (``set_trainable``).
         """
         if name not in PRESETS:
             raise UsageError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
         parts = PRESETS[name](base_model=base_model, random_init=random_init, device=device, seed=seed)
         pipe = cls(vae=parts.vae, unet=parts.unet, controlnet=parts.controlnet, lkpn=parts.lkpn,
                    scheduler=parts.scheduler, null_text=parts.null_text, preset=name,
-                   trainable_components=parts.trainable, blurry_range=parts.blurry_range)
+                   trainable_components=trainable if trainable is not None else parts.trainable,
+                   blurry_range=parts.blurry_range)
         if torch_dtype is not None:
             pipe.to(dtype=torch_dtype)
         return pipe
@@ -127,8 +127,18 @@ class DeblurDiffPipeline(DiffusionPipeline):
         levels = max(len(self.unet.config.block_out_channels), len(self.lkpn.unet.config.block_out_channels))
         return self.vae_scale_factor * 2 ** (levels - 1)
 
+    def set_trainable(self, names) -> None:
+        """Train exactly ``names`` (a subset of unet / controlnet / lkpn); freeze everything else.
+        Gradients can only ever reach the trainable parts."""
+        unknown = set(names) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"trainable components {sorted(unknown)}: expected names from {', '.join(COMPONENTS)}")
+        self.register_to_config(trainable_components=list(names))
+        for name in COMPONENTS:
+            getattr(self, name).requires_grad_(name in names)
+
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        """Components the training recipe optimises (sd21: controlnet + lkpn; tiny: + unet)."""
+        """Components the training loop optimises (sd21: controlnet + lkpn; tiny: + unet)."""
         return {name: getattr(self, name) for name in self.config.trainable_components}
 
     def null_text_embedding(self, batch_size: int) -> torch.Tensor:
@@ -431,7 +441,7 @@ def _one_input(item) -> list[torch.Tensor]:
     if item.ndim not in (3, 4) or item.shape[-3] != 3:
         raise ValueError(f"image: expected a (3, H, W) or (B, 3, H, W) tensor, got shape {tuple(item.shape)}")
     if item.dtype == torch.uint8:
-        item = item.float() / 255
+        item = to_float(item)
     elif item.is_floating_point():
         item = item.float()
         lo, hi = item.min().item(), item.max().item()
@@ -450,4 +460,4 @@ def _postprocess(restored: list[torch.Tensor], output_type: str, single_size: bo
     arrays = [r.permute(0, 2, 3, 1).numpy() for r in restored]  # (B, H, W, 3)
     if output_type == "np":
         return arrays[0] if single_size else [a[0] for a in arrays]
-    return [PIL.Image.fromarray((img * 255).round().astype(np.uint8)) for a in arrays for img in a]
+    return [PIL.Image.fromarray(to_uint8(img)) for a in arrays for img in a]

@@ -19,8 +19,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -30,7 +28,9 @@ import numpy as np
 import torch
 
 from deblurdiff.errors import UsageError
+from deblurdiff.files import atomic_write, atomic_write_text
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, is_image_path
+from deblurdiff.pixels import to_float, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def iter_pairs(data: str | Path) -> Iterator[Pair | Skipped]:
 
 # ---------------------------------------------------------------------------------------- metrics
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
+    return to_float(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])  # (1, 3, H, W) in [0, 1]
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -183,20 +183,7 @@ def write_contact_sheet(rows: list[tuple[np.ndarray, ...]], path: Path, height: 
         for tile in row:
             sheet.paste(tile, (x, r * (height + gap)))
             x += tile.width + gap
-    _atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -244,7 +231,7 @@ def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int | None = 
             "train_objective_latent_mse": objective_mse,
         })
         if len(sheet) < sheet_rows:
-            restored_u8 = (restored[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            restored_u8 = to_uint8(restored[0].permute(1, 2, 0)).numpy()  # (H, W, 3)
             sheet.append((item.blurry, restored_u8, item.sharp))
     if not rows:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in skipped[:3])
@@ -269,9 +256,9 @@ def evaluate(pipe, data: str | Path, output: str | Path, *, steps: int | None = 
             writer.writeheader()
             writer.writerows(rows)
 
-    _atomic_write(output.with_suffix(".csv"), write_csv)
+    atomic_write(output.with_suffix(".csv"), write_csv)
     write_contact_sheet(sheet, Path(summary["contact_sheet"]))
-    _atomic_write(output, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write_text(output, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

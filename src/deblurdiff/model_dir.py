@@ -53,7 +53,7 @@ def record_sampling(path: str | Path, sampling: dict, validated_on: dict | None 
     import json
 
     from deblurdiff.diffusion import check_sampling
-    from deblurdiff.training.state import atomic_write_text
+    from deblurdiff.files import atomic_write_text
 
     resolved = Path(check_model_dir(path, "model directory"))
     settings = check_sampling(sampling)

@@ -9,13 +9,9 @@ from PIL import Image
 from deblurdiff.commands.deblur import SAMPLER_CHOICES
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from deblurdiff import DeblurDiffPipeline
-
-    path = tmp_path_factory.mktemp("model")
-    DeblurDiffPipeline.from_preset("tiny").save_pretrained(path)
-    return path
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def photo(h, w):

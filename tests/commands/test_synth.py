@@ -63,6 +63,7 @@ def test_bad_arguments_exit_2_naming_the_argument(cli, capsys, photos, tmp_path)
     assert not (tmp_path / "out").exists(), "nothing is written for a bad command"
 
 
+@pytest.mark.integration
 def test_synth_then_resume(cli, ray_cluster, photos, tmp_path):
     out = tmp_path / "pairs"
     args = ("synth", "--input", str(photos), "--output", str(out), "--crop", "64", "--crops-per-image", "2",

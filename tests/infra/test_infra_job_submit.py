@@ -13,6 +13,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from _infra import ray_manifests, split_command
 
 VENV_BIN = Path(sys.executable).parent
@@ -70,6 +72,7 @@ def test_localise_swaps_storage_and_keeps_the_rest(tmp_path):
                     "--workers", "1"]
 
 
+@pytest.mark.integration
 def test_ray_job_submit_of_the_synth_entrypoint_succeeds(ray_cluster, tmp_path):
     photos, output = tmp_path / "photos", tmp_path / "pairs"
     images = write_photos(photos)

@@ -1,17 +1,11 @@
-"""The KubeRay manifests in infra/kuberay, strictly against the ray.io/v1 CRDs of ../shared/kuberay-crds."""
+"""The KubeRay manifests in infra/kuberay, strictly against the ray.io/v1 CRDs vendored in tests/infra/kuberay-crds."""
 
 from __future__ import annotations
 
 import pytest
 
-from _infra import (CRD_DIR, CRD_FILES, RAY_KINDS, all_groups, cluster_spec, container, manifests,
+from _infra import (RAY_KINDS, all_groups, cluster_spec, container, manifests,
                     metadata_problems, ray_manifests, schema_errors)
-
-needs_crds = pytest.mark.skipif(
-    not all((CRD_DIR / f).is_file() for f in CRD_FILES.values()),
-    reason=f"KubeRay CRDs not found in {CRD_DIR} (the shared folder beside the repository); "
-           "schema validation needs ray.io_rayclusters.yaml, ray.io_rayjobs.yaml, ray.io_rayservices.yaml",
-)
 
 
 def _ids(items):
@@ -29,13 +23,11 @@ def test_the_expected_resources_exist():
     assert other == [("pvc.yaml", "PersistentVolumeClaim")]
 
 
-@needs_crds
 @pytest.mark.parametrize("path,doc", RAY_DOCS, ids=_ids(RAY_DOCS))
 def test_manifest_matches_the_crd_schema_strictly(path, doc):
     assert schema_errors(doc) == []
 
 
-@needs_crds
 @pytest.mark.parametrize("kind", RAY_KINDS)
 def test_strict_schema_rejects_unknown_and_mistyped_fields(kind):
     """The validator can fail: a misspelt key deep in a pod spec and a wrong type are caught."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # whole stack: the two-node Ray cluster
+
 from deblurdiff.errors import UsageError
 from deblurdiff.imageio import read_rgb
 

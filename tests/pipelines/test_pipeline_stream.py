@@ -49,6 +49,7 @@ def _pairs(ds, batch_size: int = 3) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.integration
 def test_shards_and_on_the_fly_give_the_same_pairs(shards, small_corpus):
     from deblurdiff.pipelines import training_dataset
 
@@ -61,6 +62,7 @@ def test_shards_and_on_the_fly_give_the_same_pairs(shards, small_corpus):
         assert not np.array_equal(blurry, np.zeros_like(blurry))
 
 
+@pytest.mark.integration
 def test_shards_can_be_cropped_smaller(shards):
     import torch
 

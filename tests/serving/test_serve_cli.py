@@ -48,6 +48,7 @@ def _lan_ip() -> str | None:
     return None
 
 
+@pytest.mark.integration
 def test_serve_runs_until_sigterm_and_leaves_no_ray_process(tiny_model_dir):
     # Without RAY_ADDRESS: `deblurdiff serve` starts (and must stop) its own local Ray instance.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -100,6 +101,7 @@ def test_serve_runs_until_sigterm_and_leaves_no_ray_process(tiny_model_dir):
                 pass
 
 
+@pytest.mark.integration
 def test_serve_on_an_existing_cluster_removes_only_what_it_started(ray_cluster, tiny_model_dir):
     import ray
 
@@ -139,6 +141,7 @@ def test_serve_on_an_existing_cluster_removes_only_what_it_started(ray_cluster, 
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
 
 
+@pytest.mark.integration
 @pytest.mark.gpu
 def test_serve_on_a_gpu_runs_the_cuda_eac_op(tiny_model_dir):
     # Own local Ray (it sees the GPU); one GPU per model replica; /v1/info names the CUDA EAC op.

@@ -1,13 +1,15 @@
 """Helpers for the training tests: the tiny run's arguments, running the real CLI from module-scoped
-fixtures, and a reader for offline W&B run files."""
+fixtures (also with a worker killed mid-run), and a reader for offline W&B run files."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,6 +20,42 @@ def run_train(args: list[str], timeout: float = 900) -> subprocess.CompletedProc
     fixtures, which cannot take the function-scoped ``cli``). Joins the test cluster via RAY_ADDRESS."""
     exe = Path(sys.executable).parent / "deblurdiff"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+
+
+def run_train_killing_a_worker(args: list[str], metrics_path, at_step: int, timeout: float = 900):
+    """``run_train`` that SIGKILLs one Ray Train worker process once ``metrics.jsonl`` holds step
+    ``at_step``, as a preempted node would. Returns (CompletedProcess, killed worker's PID).
+
+    The worker is found through Ray's state API on the test cluster (``ray_cluster`` fixture's
+    ``ray.init``); any rank will do, Ray Train restarts the whole worker group from the checkpoint.
+    """
+    from ray.util.state import list_actors
+
+    exe = Path(sys.executable).parent / "deblurdiff"
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    deadline, killed = time.monotonic() + timeout, None
+    try:
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            if any(row["step"] >= at_step for row in _rows_if_any(metrics_path)):
+                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                killed = max(int(a.pid) for a in workers)
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), killed
+
+
+def _rows_if_any(path) -> list[dict]:
+    # The last line may still be being written: only complete lines count.
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
 def tiny_args(output_dir, train_shards, held_out, *extra: str) -> list[str]:

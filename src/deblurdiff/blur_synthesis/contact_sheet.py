@@ -14,9 +14,7 @@ spatially varying samples show every PSF side by side, and a caption lists the d
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ from PIL import Image, ImageDraw
 
 from deblurdiff.blur_synthesis.kernels import kernels_to_array
 from deblurdiff.blur_synthesis.synthesize import synthesize
+from deblurdiff.files import atomic_write
+from deblurdiff.pixels import to_float, to_uint8
 
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
@@ -48,7 +48,7 @@ def _photos(size: int, picks: list[int], inputs: list[str]) -> torch.Tensor:
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
         left, top = (im.width - size) // 2, (im.height - size) // 2
         crops.append(np.asarray(im.crop((left, top, left + size, top + size))))
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    return to_float(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
 
 
 def _caption(params: dict) -> str:
@@ -68,7 +68,7 @@ def _kernel_tile(kernels: np.ndarray, size: int) -> np.ndarray:
     tile = np.zeros((size, size, 3), np.uint8)
     cell = size // n
     for j, k in enumerate(kernels):
-        img = Image.fromarray((255 * k / max(k.max(), 1e-12)).astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+        img = Image.fromarray(to_uint8(k / max(k.max(), 1e-12))).resize((cell, cell), Image.NEAREST)
         y0 = (size - cell) // 2
         tile[y0 : y0 + cell, j * cell : (j + 1) * cell] = np.asarray(img)[..., None]
     return tile
@@ -82,7 +82,7 @@ def make_sheet(recipe: str, seeds: list[int], size: int, inputs: list[str] | Non
     pad, text_h = 4, 14
     sheet = Image.new("RGB", (3 * size + 4 * pad, rows * (size + text_h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    to_u8 = lambda t: (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # noqa: E731
+    to_u8 = lambda t: to_uint8(t).permute(1, 2, 0).numpy()  # noqa: E731 - (3, H, W) -> (H, W, 3)
     for i in range(rows):
         y = pad + i * (size + text_h + pad)
         draw.text((pad, y), _caption(out.params[i]), fill=(0, 0, 0))
@@ -111,13 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)  # write then rename: no partial file
-    os.close(fd)
     if args.palette:
         sheet = sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
-    sheet.save(tmp, optimize=True)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
     return 0
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from kornia.color import CFA, raw_to_rgb, rgb_to_raw
 from PIL import Image
 
+from deblurdiff.pixels import to_float, to_uint8
+
 __all__ = [
     "to_linear",
     "from_linear",
@@ -124,7 +126,7 @@ def jpeg(x: torch.Tensor, quality: list[int] | torch.Tensor) -> torch.Tensor:
     """Round-trip each image through the real JPEG codec (Pillow/libjpeg, 4:2:0 chroma) at its own
     quality; x (B, 3, H, W) in [0, 1] -> decoded values k / 255, same device and dtype."""
     quality = [int(q) for q in (quality.tolist() if torch.is_tensor(quality) else quality)]
-    arrays = (x.detach() * 255).clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    arrays = to_uint8(x).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B, H, W, 3)
     out = []
     for arr, q in zip(arrays, quality):
         buf = io.BytesIO()
@@ -132,4 +134,4 @@ def jpeg(x: torch.Tensor, quality: list[int] | torch.Tensor) -> torch.Tensor:
         buf.seek(0)
         out.append(np.array(Image.open(buf)))  # a 3-channel JPEG decodes to RGB (writable copy)
     decoded = torch.from_numpy(out[0][None] if len(out) == 1 else np.stack(out)).permute(0, 3, 1, 2)
-    return decoded.to(device=x.device, dtype=x.dtype).div_(255)
+    return to_float(decoded.to(x.device), dtype=x.dtype)

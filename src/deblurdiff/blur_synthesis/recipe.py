@@ -24,6 +24,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deblurdiff.config import describe_validation_error
 from deblurdiff.errors import UsageError
 
 __all__ = ["Recipe", "RecipeError", "load_recipe", "builtin_recipes"]
@@ -251,20 +252,8 @@ class Recipe(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            errors = exc.errors()
-            raise RecipeError(f"{source}: {_describe(errors[0])}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")) from None
-
-
-def _describe(error: dict) -> str:
-    # pydantic adds the validator name / tuple index to the location; keep the user-facing dotted key
-    loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "tuple[", "literal["))]
-    key = ".".join(loc) or "<root>"
-    if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling against the built-in recipes)"
-    if error["type"] == "missing":
-        return f"{key}: required key is missing"
-    msg = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {msg} (got {error.get('input')!r})"
+            hint = "check the spelling against the built-in recipes"
+            raise RecipeError(describe_validation_error(exc, source, hint)) from None
 
 
 # ----------------------------------------------------------------------------- loading

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -64,12 +63,6 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     return files, skipped
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # never a partial file under the final name
-
-
 def run(args: argparse.Namespace) -> int:
     from deblurdiff.diffusion import check_sampling
     from deblurdiff.model_dir import check_model_dir, load_pipeline
@@ -85,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from deblurdiff.imageio import ImageDecodeError, encode_image, read_rgb
+    from deblurdiff.files import atomic_write_bytes
+    from deblurdiff.pixels import to_uint8
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(args.model, device=str(device))
@@ -116,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         image = pipe(rgb, num_inference_steps=sampling["steps"], sampler=sampling["sampler"],
                      strength=sampling["strength"], generator=generator, tile_size=args.tile,
                      output_type="np").images[0]
-        _write_atomic(out_dir / f"{path.stem}.png", encode_image((image * 255).round().astype("uint8")))
+        atomic_write_bytes(out_dir / f"{path.stem}.png", encode_image(to_uint8(image)))
         written += 1
 
     for path, reason in skipped:

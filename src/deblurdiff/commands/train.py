@@ -2,7 +2,7 @@
 
     deblurdiff train --config configs/tiny.yaml [--set train.max_steps=200 ...] [--workers 2] [--resume]
 
-Config keys: ``deblurdiff.training.config``; the recipe: ``deblurdiff.training.recipe``.
+Config keys: ``deblurdiff.training.config``; the loop: ``deblurdiff.training.loop``.
 """
 
 from __future__ import annotations

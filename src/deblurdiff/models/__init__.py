@@ -12,10 +12,11 @@ from deblurdiff.models.objective import (
     predict_noise,
     training_step,
 )
-from deblurdiff.models.presets import PRESETS, PipelineParts, ddpm_scheduler, sd21, tiny
+from deblurdiff.models.presets import COMPONENTS, PRESETS, PipelineParts, ddpm_scheduler, sd21, tiny
 from deblurdiff.models.text import NullTextEmbedding
 
 __all__ = [
+    "COMPONENTS",
     "CoTrainingModule",
     "ExactAutoencoder",
     "LKPN",

@@ -20,9 +20,13 @@ from deblurdiff.models.controlnet import LatentControlNet
 from deblurdiff.models.lkpn import LKPN
 from deblurdiff.models.text import NullTextEmbedding, encode_empty_prompt
 
-__all__ = ["PRESETS", "PipelineParts", "ddpm_scheduler", "sd21", "sd21_unet_config", "sd21_vae_config", "tiny"]
+__all__ = ["COMPONENTS", "PRESETS", "PipelineParts", "ddpm_scheduler", "sd21", "sd21_unet_config", "sd21_vae_config", "tiny"]
 
 logger = logging.getLogger(__name__)
+
+# The pipeline's module components, in one place: the pipeline, training (trainable vs frozen), export
+# and the tests all iterate over these names. (The scheduler is a component too, but holds no weights.)
+COMPONENTS = ("vae", "unet", "controlnet", "lkpn", "null_text")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class PipelineParts:
     lkpn: LKPN
     null_text: NullTextEmbedding
     scheduler: DDPMScheduler
-    trainable: tuple[str, ...]  # component names the training recipe optimises
+    trainable: tuple[str, ...]  # component names the training loop optimises
     blurry_range: str  # "unit": z_b encoded from [0, 1] (released-weights quirk); "signed": from [-1, 1]
 
 

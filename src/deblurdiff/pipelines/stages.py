@@ -19,8 +19,9 @@ import numpy as np
 
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, encode_image
 from deblurdiff.pipelines.plan import crop_box, sample_seed
+from deblurdiff.pixels import to_float, to_uint8
 
-__all__ = ["Crop", "decode_crops", "synthesize_crops", "encode_sample", "to_float", "to_uint8"]
+__all__ = ["Crop", "decode_crops", "synthesize_crops", "encode_sample"]
 
 # Decompression-bomb guard for inputs: larger images are skipped with this reason, not decoded.
 MAX_PIXELS = 178_956_970  # Pillow's own default limit
@@ -52,34 +53,22 @@ def decode_crops(data: bytes, source_key: str, crop_indices: list[int], crop: in
     return crops
 
 
-def to_float(pixels_u8: np.ndarray):
-    """(n, H, W, 3) uint8 -> torch float32 (n, 3, H, W) in [0, 1]."""
-    import torch
-
-    if not pixels_u8.flags.writeable:  # zero-copy Ray Data batches are read-only; torch wants to own
-        pixels_u8 = pixels_u8.copy()
-    return torch.from_numpy(np.ascontiguousarray(pixels_u8)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def to_uint8(images) -> np.ndarray:
-    """torch (n, 3, H, W) in [0, 1] -> (n, H, W, 3) uint8, rounded."""
-    import torch
-
-    quantised = images.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8)
-    return quantised.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-
-
 def synthesize_crops(sharp_u8: np.ndarray, seeds: list[int], recipe, device: str = "cpu"):
     """Blur a batch of sharp crops with ``recipe``.
 
     sharp_u8: (n, c, c, 3) uint8. Returns ``(blurry_u8 (n, c, c, 3), kernels [(n_psf, K, K) float32],
     params [dict])`` — the kernels and params are those the recipe drew and applied.
     """
+    import torch
+
     from deblurdiff.blur_synthesis import kernels_to_array, synthesize
 
-    sharp = to_float(sharp_u8).to(device)  # (n, 3, c, c)
+    if not sharp_u8.flags.writeable:  # zero-copy Ray Data batches are read-only; torch wants to own
+        sharp_u8 = sharp_u8.copy()
+    sharp = to_float(torch.from_numpy(np.ascontiguousarray(sharp_u8)).permute(0, 3, 1, 2)).to(device)  # (n, 3, c, c)
     out = synthesize(sharp, recipe, seeds=seeds)
-    return to_uint8(out.blurry), [kernels_to_array(k) for k in out.kernels], out.params
+    blurry_u8 = to_uint8(out.blurry).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (n, c, c, 3)
+    return blurry_u8, [kernels_to_array(k) for k in out.kernels], out.params
 
 
 def blur_seeds(seed: int, source_key: str, crop_indices: list[int]) -> list[int]:

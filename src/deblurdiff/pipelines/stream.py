@@ -28,6 +28,7 @@ from deblurdiff.pipelines._pool import size_pool
 from deblurdiff.pipelines.plan import crop_box, sample_seed
 from deblurdiff.pipelines.sources import Source, list_sources, read_source, resolve_filesystem
 from deblurdiff.pipelines.stages import decode_crops, synthesize_crops
+from deblurdiff.pixels import to_float
 
 __all__ = ["training_dataset", "BATCH_KEYS"]
 
@@ -132,7 +133,7 @@ class _DecodePairs:
 
 def _chw_float(images) -> np.ndarray:
     """(n, H, W, 3) uint8 (array or list) -> (n, 3, H, W) float32 in [0, 1]."""
-    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+    return to_float(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
 
 
 # ----------------------------------------------------------------------------- data.images

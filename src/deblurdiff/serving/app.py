@@ -41,7 +41,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deblurdiff import __version__
-from deblurdiff.config import Section
+from deblurdiff.config import Section, describe_validation_error
 from deblurdiff.imageio import ImageDecodeError, decode_rgb, encode_image
 from deblurdiff.serving.http import check_image, extract_image, read_body
 from deblurdiff.serving.kernel_map import spread_to_rgb
@@ -95,14 +95,6 @@ class AppArgs(Section):
         keys = ("request_timeout_s", "max_body_bytes", "max_pixels", "max_steps", "default_steps")
         given = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         return Limits(**given)  # default_steps unset: the model's validated steps
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "<root>"
-    if err["type"] == "extra_forbidden":
-        return f"{source}: {key}: unknown key"
-    return f"{source}: {key}: {err['msg']}" + (f" (got {err.get('input')!r})" if err["type"] != "missing" else "")
 
 
 # ----------------------------------------------------------------------------- HTTP API
@@ -179,7 +171,7 @@ class DeblurIngress:
         try:
             self._limits = Limits(**(user_config or {}))
         except ValidationError as exc:
-            raise ValueError(_describe(exc, f"{INGRESS_NAME} user_config")) from None
+            raise ValueError(describe_validation_error(exc, f"{INGRESS_NAME} user_config")) from None
 
     async def _info(self) -> dict:
         if self._model_info is None:
@@ -242,7 +234,7 @@ class DeblurIngress:
         info = await self._info()
         # 1. parameters and size checks before the body is read (cheap refusals first)
         params = parse_params(request.query_params, limits, info["samplers"])
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits)
         data = await extract_image(request, body)
         # 2. header only: type and pixel count (decompression bombs never reach the decoder)
         width, height, _fmt = check_image(data, limits)
@@ -308,7 +300,7 @@ def validate_args(args: dict[str, Any]) -> AppArgs:
     try:
         return AppArgs.model_validate(dict(args or {}))
     except ValidationError as exc:
-        raise ValueError(_describe(exc, "deblurdiff.serving.app:build_app args")) from None
+        raise ValueError(describe_validation_error(exc, "deblurdiff.serving.app:build_app args")) from None
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -2,8 +2,11 @@
 
 Order of checks (cheapest first, so hostile input costs the server as little as possible):
 
-1. ``Content-Length`` above ``max_body_bytes`` -> 413 without reading a byte of the body;
+1. ``Content-Length`` above ``max_body_bytes`` -> 413 without keeping a byte of the body;
 2. the body is streamed and counted, so a chunked or lying upload is cut off at the limit -> 413;
+   (before either 413 the rest of the body is read and discarded, within ``max_drain_bytes`` and
+   ``drain_timeout_s``: clients that send the whole body before reading, such as ``urllib`` and
+   ``requests``, otherwise lose the answer to "connection reset by peer")
 3. the media type: raw image bytes or multipart field ``image``; anything else -> 415;
 4. the image header (``imageio.probe``): not an image -> 400, GIF/BMP/TIFF/... -> 415,
    width x height above ``max_pixels`` -> 413 (decompression bombs never reach the decoder).
@@ -11,8 +14,11 @@ Order of checks (cheapest first, so hostile input costs the server as little as 
 
 from __future__ import annotations
 
+import asyncio
+from typing import AsyncIterator
+
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from deblurdiff.imageio import ImageDecodeError, probe
 from deblurdiff.serving.limits import ACCEPTED_FORMATS, ApiError, Limits
@@ -30,8 +36,10 @@ def _too_large(size: str, limit: int) -> ApiError:
                     f"body: {size} bytes exceeds the limit of {limit} bytes (max_body_bytes)")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing more than ``max_bytes`` (by header first, then while streaming)."""
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The request body, refusing more than ``max_body_bytes`` (by header first, then while streaming)."""
+    max_bytes = limits.max_body_bytes
+    stream = request.stream()  # one iterator: a refused body is drained from where reading stopped
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -39,15 +47,37 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         except ValueError:
             raise ApiError(400, "bad_request", f"Content-Length: not an integer ({declared!r})") from None
         if length > max_bytes:
+            if length <= limits.max_drain_bytes:  # past it the drain would stop short anyway
+                await _drain(stream, limits)
             raise _too_large(str(length), max_bytes)
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         received += len(chunk)
         if received > max_bytes:  # chunked upload or a Content-Length that lied
+            await _drain(stream, limits)
             raise _too_large(f"more than {max_bytes}", max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(stream: AsyncIterator[bytes], limits: Limits) -> None:
+    """Read and discard the rest of a refused body, at most ``max_drain_bytes`` within ``drain_timeout_s``.
+
+    Why: the server closes the connection after answering; if the client's bytes are still unread at
+    that moment the kernel resets the connection, and a client that is still sending (no
+    ``Expect: 100-continue``) never reads the 413. The bounds keep a refused upload from tying up the
+    server: an endless or very slow body is cut off (then the client may see the reset, not the 413).
+    """
+    drained = 0
+    try:
+        async with asyncio.timeout(limits.drain_timeout_s):
+            async for chunk in stream:
+                drained += len(chunk)
+                if drained > limits.max_drain_bytes:
+                    return
+    except (TimeoutError, ClientDisconnect):
+        return
 
 
 def _media_type(request: Request) -> str:

@@ -52,6 +52,10 @@ class Limits(Section):
     """
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)  # checked before the body is read
+    # A refused body is read and discarded up to these bounds before the 413, so that clients which
+    # send the whole body first (urllib, requests) can read the answer; past them the server hangs up.
+    max_drain_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    drain_timeout_s: float = Field(10.0, ge=0)
     max_pixels: int = Field(4096 * 4096, ge=1)  # checked on the header, before decoding
     max_steps: int = Field(200, ge=1)
     # Steps when a request gives none; None: the steps the model was validated with (its recorded

@@ -21,6 +21,7 @@ from pydantic import Field
 from ray import serve
 
 from deblurdiff.config import Section
+from deblurdiff.pixels import to_uint8
 
 __all__ = ["BatchSettings", "DeblurModel", "group_jobs"]
 
@@ -165,7 +166,7 @@ class DeblurModel:
             out = self.pipe([job["image"] for job in group], num_inference_steps=first["steps"],
                             generator=generators, output_type="np", return_intermediates=want_map, **kwargs)
         # (B, H, W, 3) float in [0, 1] -> uint8 per image
-        images = [np.clip(np.rint(np.asarray(img) * 255.0), 0, 255).astype(np.uint8) for img in out.images]
+        images = [to_uint8(np.asarray(img)) for img in out.images]
         spreads = [None] * len(group)
         if want_map:  # the last step's K: (B, C·k², h, w) -> (B, h, w)
             spreads = list(kernel_spread(out.kernels[-1], self.pipe.lkpn.config.kernel_size))

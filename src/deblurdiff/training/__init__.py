@@ -6,10 +6,11 @@
     cfg = load_config("configs/tiny.yaml", TrainConfig, overrides=["train.max_steps=100"])
     summary = launch(cfg)                  # -> <run.output_dir>/model, summary.json, metrics.jsonl
 
-Modules: ``config`` (the typed YAML schema), ``recipe`` (the per-worker loop, numbered steps),
-``launcher`` (TorchTrainer, resources, summary), ``engine`` (DeepSpeed config, LR schedule, fp32
-gathering), ``state`` (checkpoint contents), ``validation`` (held-out metrics + image grid),
-``tracking`` (W&B on rank 0), ``export`` (the trained pipeline directory).
+Modules: ``config`` (the typed YAML schema), ``loop`` (the per-worker loop: setup, train, validate,
+checkpoints), ``launcher`` (TorchTrainer, resources, run events, summary), ``engine`` (DeepSpeed config,
+LR schedule, fp32 gathering), ``state`` (checkpoint contents), ``validation`` (held-out metrics + image
+grid), ``metric_logger`` (the one logger: W&B, console, metrics.jsonl, Ray's report), ``tracking`` (W&B
+on rank 0), ``export`` (the trained pipeline directory).
 """
 
 from deblurdiff.training.config import TrainConfig, check_config

@@ -115,15 +115,6 @@ class WandbSection(Section):
     tags: list[str] = []
 
 
-class TestingSection(Section):
-    """Fault injection for the recovery tests; leave unset in real runs."""
-
-    # World rank `crash_rank` exits hard after finishing step `crash_after_step`, once per run
-    # (a marker file under output_dir records that it happened).
-    crash_after_step: int | None = Field(None, ge=1)
-    crash_rank: int = Field(1, ge=0)
-
-
 def packaged_config(name: str) -> Path:
     """A training config shipped inside the package (``deblurdiff/configs/<name>.yaml``: ``tiny``,
     ``sd21``); in a checkout ``configs/`` at the repository root links to the same files."""
@@ -142,7 +133,6 @@ class TrainConfig(Section):
     failure: FailureSection = FailureSection()
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     wandb: WandbSection = WandbSection()
-    testing: TestingSection = TestingSection()
 
 
 def micro_batch_size(cfg: TrainConfig) -> int:
@@ -168,6 +158,4 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                          "directory (or set model.random_init=true for an untrained smoke run)")
     if cfg.model.preset == "tiny" and cfg.model.base_model is not None:
         raise UsageError("model.base_model: preset tiny is built from scratch; remove model.base_model")
-    if cfg.testing.crash_after_step is not None and cfg.testing.crash_rank >= cfg.scaling.workers:
-        raise UsageError(f"testing.crash_rank={cfg.testing.crash_rank}: only {cfg.scaling.workers} workers")
     return cfg

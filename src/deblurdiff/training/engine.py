@@ -1,4 +1,4 @@
-"""DeepSpeed glue for the recipe: the engine config, the LR schedule, and gathering full fp32 weights.
+"""DeepSpeed glue for the training loop: the engine config, the LR schedule, and gathering full fp32 weights.
 
 Kept apart from the loop so the loop reads as the training algorithm; everything here is plain
 functions of the config.

@@ -1,15 +1,15 @@
-"""The thin Ray launcher: size the workers, build the data stream, run the recipe, write the summary.
+"""The thin Ray launcher: size the workers, build the data stream, run the training loop, write the summary.
 
     from deblurdiff.training import TrainConfig, launch
     summary = launch(load_config("configs/tiny.yaml", TrainConfig), resume=False)
 
-Ray Train V2 glue only; the algorithm is in ``recipe.py``. Outputs under ``run.output_dir``::
+Ray Train V2 glue only; the algorithm is in ``loop.py``. Outputs under ``run.output_dir``::
 
     <run.name>/checkpoint_XXXXXXXX/   Ray Train checkpoints (storage_path = run.output_dir)
     model/                            the exported DeblurDiffPipeline (from_pretrained-able)
     wandb/                            the W&B run (offline unless wandb.mode=online)
     validation/step_XXXXXXXX.png      validation grids (blurry | decoded ẑ | restored | sharp)
-    metrics.jsonl                     one line per optimiser step (appended across --resume)
+    metrics.jsonl                     one line per logged step, as it happens (appended across --resume)
     summary.json                      final_step, restarts, checkpoints, last metrics, timings
 """
 
@@ -28,7 +28,7 @@ from deblurdiff.training.config import TrainConfig, check_config, micro_batch_si
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Resources", "launch", "plan_resources"]
+__all__ = ["Resources", "RunEvents", "launch", "plan_resources"]
 
 MAX_CPUS_PER_WORKER = 8.0  # beyond this, more intra-op threads stop paying off; give them to data
 
@@ -136,40 +136,85 @@ def _datasets(cfg: TrainConfig, r: Resources):
     return train, (sharp, blurry), held_out
 
 
-def _run_events_actor():
+class RunEvents:
+    """What happened during one launch, told by world rank 0: worker-group starts (restarts after
+    failures), every logged step (appended to ``metrics.jsonl`` at once, so the file follows the run),
+    every registered checkpoint.
+
+    Runs as a Ray actor on the driver's node (``launch``), so it writes where the driver reads; a
+    plain class, so it is tested without Ray.
+    """
+
+    def __init__(self, metrics_path: str | Path, launch_time: float):
+        self.metrics_path, self.launch_time = Path(metrics_path), launch_time
+        self.groups, self.steps, self.checkpoints = [], [], []
+
+    def group_started(self, step: int, startup_s: dict) -> None:
+        self.groups.append({"start_step": step, "time": time.time(), "startup_s": startup_s})
+
+    def record_step(self, step: int, metrics: dict) -> None:
+        """One JSON line per logged step (``group``: worker-group index, 0 unless a failure restarted
+        it; ``launch``: this launch's start time, so --resume runs are told apart)."""
+        row = {"step": step, "group": len(self.groups) - 1, "time": time.time(), **metrics}
+        self.steps.append(row)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"launch": self.launch_time, **row}) + "\n")
+
+    def record_checkpoint(self, step: int, name: str) -> None:
+        self.checkpoints.append({"step": step, "name": name, "group": len(self.groups) - 1})
+
+    def snapshot(self) -> dict:
+        return {"groups": self.groups, "steps": self.steps, "checkpoints": self.checkpoints}
+
+
+def _start_run_events(metrics_path: Path, launch_time: float):
+    """The RunEvents actor, pinned to this (the driver's) node: ``metrics.jsonl`` lands where
+    ``summary.json`` does, even when output_dir is not shared storage."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0)
-    class RunEvents:
-        """What happened during one launch, told by world rank 0: worker-group starts (restarts after
-        failures), every optimiser step, every registered checkpoint. Lives as long as the driver."""
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(RunEvents).options(scheduling_strategy=here).remote(metrics_path, launch_time)
 
-        def __init__(self):
-            self.groups, self.steps, self.checkpoints = [], [], []
 
-        def group_started(self, step: int, startup_s: dict):
-            self.groups.append({"start_step": step, "time": time.time(), "startup_s": startup_s})
-
-        def record_step(self, step: int, metrics: dict | None):
-            self.steps.append({"step": step, "group": len(self.groups) - 1, "time": time.time(),
-                               **(metrics or {})})
-
-        def record_metrics(self, step: int, metrics: dict):
-            """Extra metrics of an already recorded step (validation runs after the step's record)."""
-            for row in reversed(self.steps):
-                if row["step"] == step and row["group"] == len(self.groups) - 1:
-                    row.update(metrics)
-                    return
-            # No step record (validation before the first step): a row of its own.
-            self.steps.append({"step": step, "group": len(self.groups) - 1, "time": time.time(), **metrics})
-
-        def record_checkpoint(self, step: int, name: str):
-            self.checkpoints.append({"step": step, "name": name, "group": len(self.groups) - 1})
-
-        def snapshot(self) -> dict:
-            return {"groups": self.groups, "steps": self.steps, "checkpoints": self.checkpoints}
-
-    return RunEvents.remote()
+def build_summary(cfg: TrainConfig, record: dict, *, started: float, data_ready: float, resources: Resources,
+                  held_out: bool, result=None, error: BaseException | None = None) -> dict:
+    """summary.json: how far the run got (``record``: ``RunEvents.snapshot()``), and either its result
+    (``result``: Ray Train's) or why it stopped (``error``)."""
+    groups = record["groups"]
+    final = (result.return_value or {}) if result is not None else {}
+    logged = [row["step"] for row in record["steps"]]
+    summary = {
+        "status": "failed" if error is not None else "finished",
+        **({"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+           if error is not None else {}),
+        "final_step": final.get("final_step"),
+        "last_step": final.get("final_step") or max(logged, default=None),  # the last step logged
+        "max_steps": cfg.train.max_steps,
+        "restarts": max(0, len(groups) - 1),
+        "resumed_from_step": groups[0]["start_step"] if groups else None,
+        "checkpoints": [c["step"] for c in record["checkpoints"]],
+        "latest_checkpoint": result.checkpoint.path if result is not None and result.checkpoint else None,
+        "last_metrics": final.get("last_metrics", {}),
+        "model_dir": final.get("model_dir"),
+        "validation_held_out": held_out,
+        "trainable": final.get("trainable"),
+        "frozen_digest_start": final.get("frozen_digest_start"),
+        "frozen_digest_end": final.get("frozen_digest_end"),
+        "workers": cfg.scaling.workers,
+        "resources": asdict(resources),
+        "precision": final.get("precision"),
+        "wall_s": round(time.time() - started, 2),
+        # Where the wall time went: data (listing, cache, held-out pairs), worker start-up (Ray Train
+        # workers, model build, DeepSpeed init) until rank 0 began, then the steps and the export.
+        "timings_s": {
+            "data": round(data_ready - started, 2),
+            "workers_start": round(groups[0]["time"] - data_ready, 2) if groups else None,
+            "worker_phases": groups[0]["startup_s"] if groups else None,
+            "train_and_export": round(time.time() - groups[0]["time"], 2) if groups else None,
+        },
+    }
+    return summary
 
 
 def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None) -> dict:
@@ -180,8 +225,8 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
     from ray.train.torch import TorchTrainer
 
     from deblurdiff._ray import connect
-    from deblurdiff.training.recipe import train_loop_per_worker
-    from deblurdiff.training.state import atomic_write_text
+    from deblurdiff.training.loop import train_loop_per_worker
+    from deblurdiff.files import atomic_write_text
 
     started = time.time()
     # 1. Check the config and the output dir before any cluster work.
@@ -206,10 +251,10 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
     # The training stream runs for the whole job: its progress bars would bury the step log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     train_ds, validation, held_out = _datasets(cfg, r)
-    events = _run_events_actor()
+    events = _start_run_events(out / "metrics.jsonl", started)
     data_ready = time.time()
 
-    # 3. The trainer: TorchTrainer runs the recipe on every worker; storage_path = run.output_dir, so
+    # 3. The trainer: TorchTrainer runs the training loop on every worker; storage_path = run.output_dir, so
     #    the same output_dir + run.name finds the run again (restarts and --resume).
     worker_resources = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
     trainer = TorchTrainer(
@@ -227,66 +272,21 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
         datasets={"train": train_ds},
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
+    # 4. Fit, then summary.json either way: how far it got, and the result or why it stopped (the CLI
+    #    then exits 1 with the error).
+    result, error = None, None
     try:
         result = trainer.fit()
     except Exception as exc:
-        # Still leave a summary: how far it got and why it stopped (the CLI exits 1 with the error).
-        record = ray.get(events.snapshot.remote())
-        _append_metrics(out / "metrics.jsonl", record, launch_time=started)
-        steps = [row["step"] for row in record["steps"]]
-        atomic_write_text(out / "summary.json", json.dumps({
-            "status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            "last_step": max(steps, default=None), "max_steps": cfg.train.max_steps,
-            "restarts": max(0, len(record["groups"]) - 1), "checkpoints": [c["step"] for c in record["checkpoints"]],
-            "wall_s": round(time.time() - started, 2)}, indent=2))
+        error = exc
         raise
-    record = ray.get(events.snapshot.remote())
-    _append_metrics(out / "metrics.jsonl", record, launch_time=started)
-
-    # 4. Summary: summary.json + one line.
-    final = result.return_value or {}
-    restarts = max(0, len(record["groups"]) - 1)
-    summary = {
-        "status": "finished",
-        "final_step": final.get("final_step"),
-        "max_steps": cfg.train.max_steps,
-        "restarts": restarts,
-        "resumed_from_step": record["groups"][0]["start_step"] if record["groups"] else None,
-        "checkpoints": [c["step"] for c in record["checkpoints"]],
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "last_metrics": final.get("last_metrics", {}),
-        "model_dir": final.get("model_dir"),
-        "validation_held_out": held_out,
-        "trainable": final.get("trainable"),
-        "frozen_digest_start": final.get("frozen_digest_start"),
-        "frozen_digest_end": final.get("frozen_digest_end"),
-        "workers": cfg.scaling.workers,
-        "resources": asdict(r),
-        "precision": final.get("precision"),
-        "wall_s": round(time.time() - started, 2),
-        # Where the wall time went: data (listing, cache, held-out pairs), worker start-up (Ray Train
-        # workers, model build, DeepSpeed init) until rank 0 began, then the steps and the export.
-        "timings_s": {
-            "data": round(data_ready - started, 2),
-            "workers_start": round(record["groups"][0]["time"] - data_ready, 2) if record["groups"] else None,
-            "worker_phases": record["groups"][0]["startup_s"] if record["groups"] else None,
-            "train_and_export": round(time.time() - record["groups"][0]["time"], 2) if record["groups"] else None,
-        },
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    finally:
+        summary = build_summary(cfg, ray.get(events.snapshot.remote()), started=started, data_ready=data_ready,
+                                resources=r, held_out=held_out, result=result, error=error)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     m = summary["last_metrics"]
     print(f"deblurdiff train: step {summary['final_step']}/{cfg.train.max_steps} in {summary['wall_s']:.0f} s, "
-          f"{restarts} restart(s), {len(summary['checkpoints'])} checkpoint(s); loss {m.get('train/loss', float('nan')):.4f}, "
-          f"val latent MSE {m.get('val/latent_mse', float('nan')):.4f} (blurry {m.get('val/blurry_latent_mse', float('nan')):.4f}); "
-          f"model -> {summary['model_dir']}", flush=True)
+          f"{summary['restarts']} restart(s), {len(summary['checkpoints'])} checkpoint(s); "
+          f"loss {m.get('train/loss', float('nan')):.4f}, val latent MSE {m.get('val/latent_mse', float('nan')):.4f} "
+          f"(blurry {m.get('val/blurry_latent_mse', float('nan')):.4f}); model -> {summary['model_dir']}", flush=True)
     return summary
-
-
-def _append_metrics(path: Path, record: dict, launch_time: float) -> None:
-    """One JSON line per optimiser step of this launch (``group``: worker-group index, 0 unless a
-    failure restarted it); appended, so a --resume continues the file."""
-    if not record["steps"]:
-        return
-    with open(path, "a") as f:
-        for row in record["steps"]:
-            f.write(json.dumps({"launch": launch_time, **row}) + "\n")

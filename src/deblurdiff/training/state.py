@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["TrainState", "digest_modules", "load_rng", "save_rng"]
+__all__ = ["DEEPSPEED_TAG", "TrainState", "digest_modules", "load_rng", "read_checkpoint", "save_rng",
+           "write_checkpoint"]
 
 DEEPSPEED_TAG = "deepspeed"
 
@@ -81,6 +81,33 @@ def load_rng(directory: str | Path, rank: int, generator: torch.Generator) -> bo
     return True
 
 
+def write_checkpoint(directory: str | Path, engine, state: TrainState, rank: int, world_size: int,
+                     generator: torch.Generator) -> None:
+    """This rank's part of a checkpoint into ``directory`` (a local temp dir the caller reports).
+
+    COLLECTIVE: every rank writes its optimiser shard (DeepSpeed), rank 0 also the module weights and
+    ``train_state.json``; each rank its RNG file.
+    """
+    engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, client_state={"train_state": state.to_dict()})
+    save_rng(directory, rank, generator)
+    if rank == 0:
+        state.write_json(directory, world_size=world_size)
+
+
+def read_checkpoint(directory: str | Path, engine, rank: int, generator: torch.Generator, seed: int) -> TrainState:
+    """Load a checkpoint written by ``write_checkpoint`` into ``engine`` and ``generator``; returns the
+    step and data position. COLLECTIVE (DeepSpeed loads every rank's shard).
+
+    A rank without its RNG file (not possible today: ``--resume`` keeps the worker count) reseeds from
+    (``seed``, rank, step), so it does not replay the noise of step 0.
+    """
+    _, client_state = engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG)
+    state = TrainState.from_dict(client_state["train_state"])
+    if not load_rng(directory, rank, generator):
+        generator.manual_seed(seed * 1000 + rank + 7919 * state.step)
+    return state
+
+
 def digest_modules(modules: dict[str, torch.nn.Module]) -> dict[str, str]:
     """SHA-256 of each module's state (parameters and buffers, in fp32 bytes): proves frozen parts
     are bit-identical before and after training."""
@@ -94,9 +121,3 @@ def digest_modules(modules: dict[str, torch.nn.Module]) -> dict[str, str]:
     return out
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write then rename: a reader never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,7 +1,7 @@
 """Weights & Biases glue, world rank 0 only.
 
 Ray Train V2 runs the training function on every worker and ``setup_wandb(rank_zero_only=True)``
-has no effect there, so the recipe creates this logger on rank 0 and a no-op one elsewhere.
+has no effect there, so the metric logger creates this on rank 0 and a no-op one elsewhere.
 
 - Mode from ``wandb.mode``: "offline" (default; a local run under ``<output_dir>/wandb``, upload
   later with ``wandb sync``), "online" (needs ``wandb login`` or ``WANDB_API_KEY`` forwarded to the

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from deblurdiff.models import training_step
+from deblurdiff.pixels import to_uint8
 
-__all__ = ["VAL_TIMESTEPS", "validate"]
+__all__ = ["VAL_TIMESTEPS", "validate_pairs"]
 
 VAL_TIMESTEPS = (50, 250, 500, 750, 950)  # spread over [0, 1000): the loss differs a lot with t
 
@@ -30,11 +31,11 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    return (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return to_uint8(x.permute(1, 2, 0).cpu()).numpy()
 
 
 @torch.no_grad()
-def validate(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int, bf16: bool = False,
+def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int, bf16: bool = False,
              latent_weight: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
     """sharp, blurry: (N, 3, H, W) float in [0, 1]. Returns (metrics, grid (N·H, 4·W, 3) uint8)."""
     device = pipe.unet.device
