@@ -1,19 +1,39 @@
-"""`deblurdiff demo`: argument checks, the photo corpus it relies on, and the full quickstart."""
+"""`deblurdiff demo`: argument checks, the photo corpus it relies on, and a shortened quickstart end to end."""
 
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from deblurdiff.demo import BLURRED_PHOTO, HELD_OUT_CROPS_PER_IMAGE, HELD_OUT_PHOTOS, TRAIN_PHOTOS, _photo_paths
+from deblurdiff.demo import (BLURRED_PHOTO, CROP, HELD_OUT_CROPS_PER_IMAGE, HELD_OUT_PHOTOS, RECIPE, TRAIN_PHOTOS,
+                             VALIDATION_PHOTOS, _photo_paths)
 
 
-def test_photos_are_bundled_and_held_out_ones_never_train():
-    paths = _photo_paths(TRAIN_PHOTOS + HELD_OUT_PHOTOS + (BLURRED_PHOTO,))
+def test_photos_are_bundled_and_the_three_splits_are_disjoint():
+    paths = _photo_paths(TRAIN_PHOTOS + VALIDATION_PHOTOS + HELD_OUT_PHOTOS + (BLURRED_PHOTO,))
     assert len(paths) == len(set(paths))
     assert not set(TRAIN_PHOTOS) & set(HELD_OUT_PHOTOS)
+    assert not set(TRAIN_PHOTOS) & set(VALIDATION_PHOTOS) and not set(VALIDATION_PHOTOS) & set(HELD_OUT_PHOTOS)
     assert len(HELD_OUT_PHOTOS) * HELD_OUT_CROPS_PER_IMAGE >= 8  # the issue's minimum
+
+
+def test_the_demo_blur_fits_the_crop_and_ships_with_the_package():
+    from deblurdiff.blur_synthesis import load_recipe
+
+    recipe = load_recipe(RECIPE)  # a built-in name, not a path outside the package
+    assert recipe.name == RECIPE
+    assert recipe.blur.trajectory.size[1] < CROP // 2  # shake paths well inside the crop
+
+
+def test_packaged_tiny_config_is_the_checkout_one():
+    from deblurdiff.training.config import packaged_config
+
+    repo_configs = Path(__file__).resolve().parents[1] / "configs"
+    assert packaged_config("tiny").read_text() == (repo_configs / "tiny.yaml").read_text()
 
 
 def test_bad_arguments_exit_2(cli, tmp_path):
@@ -25,3 +45,43 @@ def test_bad_arguments_exit_2(cli, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--output" in lines[0] and "earlier demo" in lines[0]
     assert json.loads((tmp_path / "report.json").read_text()) == {}  # nothing overwritten
+
+
+@pytest.mark.integration
+def test_shortened_quickstart_end_to_end(cli, tmp_path):
+    """The whole `deblurdiff demo` with 3 training steps: every stage runs, the report records what it
+    did. Restoration quality is not asserted (3 steps train nothing); benchmarks/RESULTS.md has it."""
+    out = tmp_path / "demo"
+    started = time.perf_counter()
+    result = cli("demo", "--output", str(out), "--max-steps", "3", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for stage in ("synthesise", "train", "choose_sampling", "evaluate", "deblur_clock_motion", "serve_one_request"):
+        assert f"[demo] {stage} ..." in console and f"[demo] {stage}: " in console
+    assert "Traceback" not in console
+
+    report = json.loads((out / "report.json").read_text())
+    assert (report["recipe"], report["crop"]) == (RECIPE, CROP)
+    assert report["held_out_pairs"] == len(HELD_OUT_PHOTOS) * HELD_OUT_CROPS_PER_IMAGE
+    assert report["train"]["final_step"] == 3
+    for key in ("psnr_blurry", "psnr_restored", "ssim_blurry", "ssim_restored", "blurry_latent_mse",
+                "lkpn_latent_mse", "train_objective_latent_mse", "restored_beats_blurry", "sampling_validation"):
+        assert key in report, key
+    assert report["timings_s"]["total"] < time.perf_counter() - started
+
+    # The validated sampler settings are recorded with the model and are what serve ran.
+    sampling = report["sampling"]
+    model = Path(report["outputs"]["model"])
+    assert json.loads((model / "model_index.json").read_text())["sampling"] == sampling
+    best = max(report["sampling_validation"], key=lambda row: row["psnr_restored"])
+    assert {k: best[k] for k in sampling} == sampling
+    assert report["serve"]["status"] == 200 and report["serve"]["same_size_as_input"]
+    assert report["serve"]["sampling"] == sampling
+
+    # The pictures: before | after of the real blurred photo; the contact sheet of held-out pairs.
+    clock = Image.open(_photo_paths((BLURRED_PHOTO,))[0])
+    before_after = Image.open(out / "before_after.png")
+    assert before_after.height == clock.height and before_after.width > 2 * clock.width
+    assert Image.open(out / "clock_motion_restored.png").size == clock.size
+    sheet = json.loads((out / "eval" / "summary.json").read_text())["contact_sheet"]
+    assert Image.open(sheet).width > 3 * 160  # blurry | restored | sharp

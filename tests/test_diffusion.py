@@ -156,6 +156,9 @@ def test_adain_colour_fix_matches_reference_statistics():
     ({"num_inference_steps": 0}, "num_inference_steps"),
     ({"output_type": "latent"}, "output_type"),
     ({"colour_fix": "wavelet"}, "colour_fix"),
+    ({"strength": 0.0}, r"strength must be a number in \(0, 1\]"),
+    ({"strength": 1.5}, "strength"),
+    ({"num_inference_steps": 4, "strength": 0.2}, "leaves no denoising step"),
 ])
 def test_bad_arguments_raise_clear_errors(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -192,3 +195,36 @@ def test_sd21_architecture_runs_on_cuda_in_bf16():
                generator=torch.Generator().manual_seed(0), tile_size=64, return_intermediates=True)
     assert out.images.shape == (1, 100, 130, 3) and np.isfinite(out.images).all()
     assert out.kernels[0].shape == (1, 100, 13, 17)  # C·k² = 100 kernel channels at latent resolution
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_strength_runs_the_last_steps_from_the_noised_blurry_latent(pipe, sampler):
+    image = photo(16, 20)
+    full = run(pipe, image, num_inference_steps=10, sampler=sampler, strength=1.0, return_intermediates=True)
+    part = run(pipe, image, num_inference_steps=10, sampler=sampler, strength=0.3, return_intermediates=True)
+    assert part.timesteps == full.timesteps[-3:]  # int(10 · 0.3) steps, the schedule's last ones
+    # From z_b the result stays close to the input; from pure noise (2 steps) the untrained-ish model does not.
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    low = run(pipe, image, num_inference_steps=10, sampler=sampler, strength=0.1, output_type="pt").images
+    noise = run(pipe, image, num_inference_steps=2, sampler=sampler, output_type="pt").images
+    assert (low - x).abs().mean() < 0.5 * (noise - x).abs().mean()
+
+
+def test_recorded_sampling_is_the_default_and_arguments_override_it(tmp_path):
+    from deblurdiff.diffusion import RELEASED_SAMPLING
+    from deblurdiff.model_dir import record_sampling
+
+    fresh = DeblurDiffPipeline.from_preset("tiny")
+    assert fresh.default_sampling() == RELEASED_SAMPLING == {"sampler": "ddpm", "steps": 50, "strength": 1.0}
+    fresh.save_pretrained(tmp_path)
+    record_sampling(tmp_path, {"sampler": "dpmpp", "steps": 5, "strength": 0.4})
+    loaded = DeblurDiffPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.default_sampling() == {"sampler": "dpmpp", "steps": 5, "strength": 0.4}
+    assert run(loaded, photo(8, 8), num_inference_steps=None, return_intermediates=True).timesteps == \
+        run(loaded, photo(8, 8), num_inference_steps=5, sampler="dpmpp", strength=0.4,
+            return_intermediates=True).timesteps
+    assert len(run(loaded, photo(8, 8), num_inference_steps=None, strength=1.0,
+                   return_intermediates=True).timesteps) == 5
+    with pytest.raises(ValueError, match="sampling.steps"):
+        record_sampling(tmp_path, {"sampler": "dpmpp", "steps": 0, "strength": 0.4})

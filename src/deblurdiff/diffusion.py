@@ -28,7 +28,7 @@ from deblurdiff.models.objective import NoisePrediction, predict_noise
 from deblurdiff.models.presets import COMPONENTS, PRESETS
 from deblurdiff.pixels import to_float, to_uint8
 
-__all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "SAMPLERS", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
+__all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "RELEASED_SAMPLING", "SAMPLERS", "check_sampling", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
 
 
 def _ddpm(config) -> DDPMScheduler:
@@ -72,19 +72,23 @@ class DeblurDiffPipeline(DiffusionPipeline):
     ``scheduler`` (DDPM, the released sampler's config) and ``null_text`` (the cached empty-prompt
     context). Pipeline config: ``preset`` (the preset it was built from), ``trainable_components``,
     ``blurry_range`` ("unit": z_b is encoded from [0, 1], a quirk of the released SD-2.1 weights;
-    "signed": from [-1, 1] like z_0), ``origin`` (for a converted model: the checkpoint it came from).
+    "signed": from [-1, 1] like z_0), ``origin`` (for a converted model: the checkpoint it came from),
+    ``sampling`` (the sampler settings this model was validated
+    with, ``{"sampler", "steps", "strength"}``; a call that names none of them uses these; None: the
+    released 50-step DDPM from noise, ``RELEASED_SAMPLING``). Saved in ``model_index.json``.
     """
 
     model_cpu_offload_seq = "lkpn->controlnet->unet->vae"
 
     def __init__(self, vae, unet, controlnet, lkpn, scheduler, null_text, preset="custom",
-                 trainable_components=("controlnet", "lkpn"), blurry_range="unit", origin=None):
+                 trainable_components=("controlnet", "lkpn"), blurry_range="unit", origin=None, sampling=None):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, controlnet=controlnet, lkpn=lkpn, scheduler=scheduler,
                               null_text=null_text)
         if blurry_range not in ("unit", "signed"):
             raise ValueError(f"blurry_range must be 'unit' or 'signed', got {blurry_range!r}")
-        self.register_to_config(preset=preset, blurry_range=blurry_range, origin=origin)
+        self.register_to_config(preset=preset, blurry_range=blurry_range, origin=origin,
+                                sampling=check_sampling(sampling))
         self.set_trainable(trainable_components)
 
     # ------------------------------------------------------------------------------ construction
@@ -168,10 +172,21 @@ class DeblurDiffPipeline(DiffusionPipeline):
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         return _SCHEDULERS[sampler](self.scheduler.config)
 
+    def default_sampling(self) -> dict:
+        """``{"sampler", "steps", "strength"}`` a call uses when it names none: the settings recorded
+        with this model (``sampling`` in its config), else the released sampler."""
+        return dict(self.config.get("sampling") or RELEASED_SAMPLING)
+
     # ------------------------------------------------------------------------------ __call__
-    def check_inputs(self, num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type):
+    def check_inputs(self, num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type,
+                     strength=1.0):
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
             raise ValueError(f"num_inference_steps must be an integer in [1, 1000], got {num_inference_steps!r}")
+        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+        if _denoising_steps(num_inference_steps, strength) < 1:
+            raise ValueError(f"strength {strength} with num_inference_steps {num_inference_steps} leaves no "
+                             f"denoising step; use strength >= {1 / num_inference_steps:.3g} or more steps")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if colour_fix not in COLOUR_FIXES and colour_fix is not None:
@@ -194,9 +209,9 @@ class DeblurDiffPipeline(DiffusionPipeline):
     def __call__(
         self,
         image,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        sampler: str = "ddpm",
+        sampler: str | None = None,
         tile_size: int | None = None,
         tile_stride: int | None = None,
         colour_fix: str | None = "adain",
@@ -204,10 +219,14 @@ class DeblurDiffPipeline(DiffusionPipeline):
         return_intermediates: bool = False,
         control_scale: float = 1.0,
         release_compat: bool = False,
+        strength: float | None = None,
     ) -> DeblurDiffPipelineOutput:
         """Deblur ``image``: a PIL image, an (H, W, 3) / (B, H, W, 3) array (uint8, or float in [0, 1]),
         a (3, H, W) / (B, 3, H, W) tensor in [0, 1], or a list of those. Any size: inputs are padded
         to ``pad_multiple`` and the outputs cropped back to the input sizes.
+
+        ``num_inference_steps``, ``sampler`` and ``strength`` left as None take the model's validated
+        settings (``default_sampling()``).
 
         Args:
             num_inference_steps: denoising steps (50 with "ddpm" is the released setting; 20 with "dpmpp").
@@ -221,9 +240,17 @@ class DeblurDiffPipeline(DiffusionPipeline):
             release_compat: post-process exactly as the released DeblurDiff does (docs/released-model.md):
                 zero padding instead of reflection, no clamp between decoding and the colour fix, and
                 "pil" outputs quantised by truncation instead of rounding.
+            strength: where sampling starts, as in diffusers' img2img. 1.0 (released): from pure noise x_T,
+                all ``num_inference_steps`` steps. Below 1: from the LKPN's deblurred latent ẑ (computed
+                from z_b, with z_b in place of x_t) noised to the ``int(num_inference_steps · strength)``-th
+                last timestep, running only those steps: less invented detail, more fidelity, faster.
         """
-        # 1. check inputs
-        self.check_inputs(num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type)
+        # 1. check inputs (unset sampler settings: the ones this model was validated with)
+        defaults = self.default_sampling()
+        num_inference_steps = defaults["steps"] if num_inference_steps is None else num_inference_steps
+        sampler = defaults["sampler"] if sampler is None else sampler
+        strength = defaults["strength"] if strength is None else strength
+        self.check_inputs(num_inference_steps, sampler, tile_size, tile_stride, colour_fix, output_type, strength)
         images, single_size = _to_tensors(image)
         if isinstance(generator, (list, tuple)) and len(generator) != len(images):
             raise ValueError(f"generator: a list needs one generator per image; got {len(generator)} "
@@ -237,7 +264,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
             groups = [(img[None], g) for img, g in zip(images, per_image)]
         results = [
             self._restore(x, num_inference_steps, g, sampler, tile_size, tile_stride,
-                          colour_fix, return_intermediates, control_scale, release_compat)
+                          colour_fix, return_intermediates, control_scale, release_compat, strength)
             for x, g in groups
         ]
 
@@ -251,7 +278,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
         return DeblurDiffPipelineOutput(images=out_images, z_hat=z_hats, kernels=kernels, timesteps=results[0][3])
 
     def _restore(self, x, steps, generator, sampler, tile_size, tile_stride, colour_fix, keep, control_scale,
-                 release_compat=False):
+                 release_compat=False, strength=1.0):
         """x: (B, 3, H, W) float in [0, 1] -> (restored (B, 3, H, W) float on CPU, ẑ list, K list, timesteps)."""
         device, dtype = self._execution_device, self.unet.dtype
         b, _, h, w = x.shape
@@ -265,19 +292,34 @@ class DeblurDiffPipeline(DiffusionPipeline):
         z_b = self.encode(x_pad, blurry=True, generator=generator)  # (B, C, H'/f, W'/f)
         context = self.null_text_embedding(b).to(device, dtype)
 
-        # 3. timesteps
+        # 3. timesteps: all of them, or (strength < 1) only the last int(steps · strength), as img2img does
         scheduler = self.make_scheduler(sampler)
         scheduler.set_timesteps(steps, device=device)
+        begin = steps - _denoising_steps(steps, strength)
+        if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their state from it (DDPM has none)
+            scheduler.set_begin_index(begin)
+        timesteps_to_run = scheduler.timesteps[begin:]
 
-        # 4. x_T ~ N(0, I); latents stay fp32 across steps, the networks may run in bf16
-        latents = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
-        latents = latents * scheduler.init_noise_sigma
+        # 4. x_T ~ N(0, I); or (strength < 1) the LKPN's deblurred estimate ẑ noised to the first timestep
+        #    run. Latents stay fp32 across steps, the networks may run in bf16.
         tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
             if tile_size else None
+        noise = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
+        if begin == 0:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            t_first = timesteps_to_run[:1].repeat(b)
+            # ẑ from z_b alone: the LKPN with z_b standing in for x_t (the sampler has no x_t yet).
+            if tiles is None:
+                z_start = self.lkpn(z_b.to(dtype), z_b.to(dtype), t_first, context).z_hat
+            else:  # tile by tile, blended like every step (the full predict_noise; its ẑ is what we need)
+                z_start = self._predict_noise(z_b.to(dtype), t_first, z_b.to(dtype), context, tiles,
+                                              control_scale).z_hat
+            latents = scheduler.add_noise(z_start.float(), noise, t_first)
 
         # 5. denoising loop: LKPN + EAC re-run on every x_t (iterative refinement), always on the original z_b
         z_hats, kernels, timesteps = [], [], []
-        for t in self.progress_bar(scheduler.timesteps):
+        for t in self.progress_bar(timesteps_to_run):
             x_in = scheduler.scale_model_input(latents, t)
             pred = self._predict_noise(x_in.to(dtype), t, z_b.to(dtype), context, tiles, control_scale)
             latents = scheduler.step(pred.model_output.float(), t, latents, generator=generator).prev_sample
@@ -315,6 +357,33 @@ class DeblurDiffPipeline(DiffusionPipeline):
 
 
 # ---------------------------------------------------------------------------------- helpers
+# The released sampler (DESIGN §1): 50-step DDPM from pure noise.
+RELEASED_SAMPLING = {"sampler": "ddpm", "steps": 50, "strength": 1.0}
+
+
+def check_sampling(sampling: dict | None) -> dict | None:
+    """A model's recorded sampler settings: None, or exactly ``{"sampler", "steps", "strength"}`` with
+    valid values (ValueError naming the field otherwise)."""
+    if sampling is None:
+        return None
+    if not isinstance(sampling, dict) or set(sampling) != set(RELEASED_SAMPLING):
+        raise ValueError(f"sampling: expected a dict with keys {sorted(RELEASED_SAMPLING)}, got {sampling!r}")
+    if sampling["sampler"] not in SAMPLERS:
+        raise ValueError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {sampling['sampler']!r}")
+    steps, strength = sampling["steps"], sampling["strength"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000:
+        raise ValueError(f"sampling.steps must be an integer in [1, 1000], got {steps!r}")
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1 or _denoising_steps(steps, strength) < 1:
+        raise ValueError(f"sampling.strength must be in (0, 1] and leave at least one of the {steps} steps, "
+                         f"got {strength!r}")
+    return {"sampler": sampling["sampler"], "steps": steps, "strength": float(strength)}
+
+
+def _denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """Steps actually run at ``strength`` (diffusers' img2img rule: int(steps · strength))."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 def adain_colour_fix(restored: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """AdaIN: per image and channel, give ``restored`` the mean and std of ``reference``. (B, 3, H, W)."""
     mu_r, std_r = restored.mean((2, 3), keepdim=True), (restored.var((2, 3), keepdim=True) + eps).sqrt()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from deblurdiff.errors import UsageError
 
-__all__ = ["check_model_dir", "load_pipeline"]
+__all__ = ["check_model_dir", "load_pipeline", "record_sampling"]
 
 
 def check_model_dir(path: str | Path, flag: str = "--model") -> str:
@@ -42,3 +42,25 @@ def load_pipeline(path: str | Path, flag: str = "--model", device: str | None = 
         raise UsageError(f"{flag} {path}: cannot load the pipeline ({first})") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipe.to(device)
+
+
+def record_sampling(path: str | Path, sampling: dict, validated_on: dict | None = None) -> dict:
+    """Record in the pipeline directory the sampler settings the model was validated with
+    (``{"sampler", "steps", "strength"}``): ``deblur``, ``eval`` and ``serve`` use them when no flag or
+    query parameter says otherwise. Written into ``model_index.json`` (the pipeline's config, where
+    ``from_pretrained`` reads it) by write-then-rename; ``validated_on`` (what the choice was measured
+    on) goes to ``sampling.json`` beside it for people. Returns the checked settings."""
+    import json
+
+    from deblurdiff.diffusion import check_sampling
+    from deblurdiff.files import atomic_write_text
+
+    resolved = Path(check_model_dir(path, "model directory"))
+    settings = check_sampling(sampling)
+    index = json.loads((resolved / "model_index.json").read_text())
+    index["sampling"] = settings
+    atomic_write_text(resolved / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if validated_on is not None:
+        atomic_write_text(resolved / "sampling.json",
+                          json.dumps({"sampling": settings, "validated_on": validated_on}, indent=2) + "\n")
+    return settings

@@ -65,3 +65,46 @@ def test_nothing_readable_exits_2(cli, model_dir, tmp_path):
     assert r.returncode == 2
     assert "bad.jpg" in r.stderr and "missing.png" in r.stderr and "no readable input images" in r.stderr
     assert not any((tmp_path / "out").glob("*.png"))
+
+
+def test_deblur_without_flags_uses_the_settings_recorded_with_the_model(cli, tmp_path):
+    """`deblur photo --model DIR` with no sampler flags runs what the model was validated with."""
+    import torch
+
+    from deblurdiff import DeblurDiffPipeline
+    from deblurdiff.model_dir import record_sampling
+
+    model = tmp_path / "model"
+    DeblurDiffPipeline.from_preset("tiny").save_pretrained(model)
+    recorded = {"sampler": "dpmpp", "steps": 4, "strength": 0.5}
+    record_sampling(model, recorded)
+    pipe = DeblurDiffPipeline.from_pretrained(model)
+    assert pipe.default_sampling() == recorded
+    pipe.set_progress_bar_config(disable=True)
+    rgb = photo(24, 32)
+    Image.fromarray(rgb).save(tmp_path / "cat.png")
+
+    def restore(**settings):
+        image = pipe(rgb, generator=torch.Generator().manual_seed(0), output_type="np", **settings).images[0]
+        return (image * 255).round().astype(np.uint8)
+
+    r = cli("deblur", str(tmp_path / "cat.png"), "--model", str(model), "--output", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "dpmpp, 4 steps, strength 0.5" in r.stdout
+    written = np.asarray(Image.open(tmp_path / "out" / "cat.png"))
+    expected = restore(sampler="dpmpp", num_inference_steps=4, strength=0.5)
+    assert np.abs(written.astype(int) - expected).max() <= 1  # the recorded settings, up to rounding
+    released = restore(sampler="ddpm", num_inference_steps=4, strength=1.0)
+    assert np.abs(written.astype(int) - released).max() > 1  # and not the released sampler's
+
+    # a flag overrides the recorded value, the rest stay recorded
+    r = cli("deblur", str(tmp_path / "cat.png"), "--model", str(model), "--output", str(tmp_path / "out2"),
+            "--strength", "1")
+    assert r.returncode == 0 and "dpmpp, 4 steps, strength 1" in r.stdout, r.stderr
+
+
+def test_strength_that_leaves_no_step_exits_2(cli, model_dir, tmp_path):
+    Image.fromarray(photo(8, 8)).save(tmp_path / "a.png")
+    r = cli("deblur", str(tmp_path / "a.png"), "--model", str(model_dir), "--output", str(tmp_path / "o"),
+            "--steps", "4", "--strength", "0.1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "strength" in r.stderr

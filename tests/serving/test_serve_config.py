@@ -53,7 +53,8 @@ def test_builder_names_its_deployments_and_applies_args():
     assert model._deployment_config.autoscaling_config.max_replicas == 3
     assert model._deployment_config.max_queued_requests == 5
     assert ingress._deployment_config.user_config["max_steps"] == 10
-    assert ingress._deployment_config.user_config["default_steps"] == 10  # clamped under max_steps
+    # No default_steps given: requests without steps run the model's validated steps.
+    assert ingress._deployment_config.user_config.get("default_steps") is None
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -89,6 +89,8 @@ def test_health_info_and_page(server):
     assert info["eac_backend"] == eac_backend("cpu")
     assert "ddpm" in info["samplers"] and info["limits"]["default_steps"] == STEPS
     assert info["kernel_size"] == 5
+    # No settings recorded with this model: requests without parameters run the released sampler.
+    assert info["default_sampling"] == {"sampler": "ddpm", "steps": 50, "strength": 1.0}
     page = requests.get(server.url, timeout=TIMEOUT)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="file"' in page.text and "http://" not in page.text and "https://" not in page.text  # no CDN
@@ -319,3 +321,14 @@ def test_web_page_uploads_a_photo_and_shows_the_result(server, tmp_path):
             browser.close()
     # Self-contained: every request went to this server (or was a local blob).
     assert all(u.startswith(server.url) or u.startswith("blob:") for u in requested), requested
+
+
+def test_strength_query_parameter(server):
+    body = encode(photo("astronaut", 24, 20), "PNG")
+    r = deblur(server.url, body, "steps=4&strength=0.5&sampler=dpmpp&seed=0", headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert (r.headers["X-Deblur-Steps"], r.headers["X-Deblur-Strength"], r.headers["X-Deblur-Sampler"]) == \
+        ("4", "0.5", "dpmpp")
+    for bad in ("0", "1.5", "much"):
+        error = assert_error(deblur(server.url, body, f"strength={bad}"), 422, "invalid_parameter")
+        assert error["message"].startswith("strength:")

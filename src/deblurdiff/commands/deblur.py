@@ -26,9 +26,16 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("--model", required=True, metavar="DIR", help="a DeblurDiffPipeline directory (save_pretrained)")
     p.add_argument("--output", required=True, metavar="DIR", help="where to write <name>.png")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50; ~20 with dpmpp)")
-    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default="ddpm",
-                   help="ddpm (released, default) or dpmpp (DPM-Solver++, fast)")
+    # Unset --steps/--sampler/--strength: the settings the model was validated with (recorded in its
+    # directory: model_index.json "sampling"), else the released 50-step DDPM from noise.
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the model's validated steps; 50 for the released model)")
+    p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
+                   help="ddpm (released) or dpmpp (DPM-Solver++, fast) (default: the model's validated sampler)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="where sampling starts, in (0, 1]: 1 from pure noise, lower from the noised blurry "
+                        "latent, running only that fraction of the steps (default: the model's validated "
+                        "strength; 1 for the released model)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output (default 0)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
                    help="latent tiling with N-pixel tiles (stride N/2) for large images")
@@ -60,11 +67,14 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
 
 
 def run(args: argparse.Namespace) -> int:
+    from deblurdiff.diffusion import check_sampling
     from deblurdiff.model_dir import check_model_dir, load_pipeline
 
     check_model_dir(args.model)
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise UsageError(f"--strength must be in (0, 1], got {args.strength:g}")
     files, skipped = collect_inputs(args.inputs)
 
     import torch
@@ -78,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, device=str(device))
     if args.tile is not None and (args.tile <= 0 or args.tile % pipe.pad_multiple):
         raise UsageError(f"--tile must be a positive multiple of {pipe.pad_multiple}, got {args.tile}")
+    sampling = {**pipe.default_sampling(),
+                **{k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("strength", args.strength))
+                   if v is not None}}
+    try:
+        check_sampling(sampling)
+    except ValueError as exc:
+        raise UsageError(f"--steps/--strength: {exc}") from None
     pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per image
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         seen.add(path.stem)
         generator = torch.Generator(device).manual_seed(args.seed)  # per image: independent of order
-        image = pipe(rgb, num_inference_steps=args.steps, sampler=args.sampler, generator=generator,
-                     tile_size=args.tile, output_type="np", release_compat=args.release_compat).images[0]
+        image = pipe(rgb, num_inference_steps=sampling["steps"], sampler=sampling["sampler"],
+                     strength=sampling["strength"], generator=generator, tile_size=args.tile,
+                     output_type="np", release_compat=args.release_compat).images[0]
         atomic_write_bytes(out_dir / f"{path.stem}.png",
                            encode_image(to_uint8(image, truncate=args.release_compat)))
         written += 1
@@ -105,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
     if written == 0:
         raise UsageError(f"no readable input images among {len(args.inputs)} input(s) "
                          f"({len(skipped)} skipped, see above)")
-    print(f"deblurred {written} image(s) into {out_dir}" + (f"; skipped {len(skipped)}" if skipped else ""))
+    print(f"deblurred {written} image(s) into {out_dir} ({sampling['sampler']}, {sampling['steps']} steps, "
+          f"strength {sampling['strength']:g})" + (f"; skipped {len(skipped)}" if skipped else ""))
     return 0

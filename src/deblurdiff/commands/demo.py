@@ -13,17 +13,17 @@ def register(subparsers) -> None:
                     "(2 workers), evaluate on held-out pairs, deblur a real motion-blurred photo, serve "
                     "one request, and write report.json + before_after.png. About 10-15 min on 2 cores.")
     parser.add_argument("--output", default="demo-output", help="directory to write into (default demo-output)")
-    parser.add_argument("--max-steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--steps", type=int, default=10, help="sampler steps for evaluation and deblurring")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="training steps (default: deblurdiff.demo.DEFAULT_MAX_STEPS, sized for ~15 min)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from deblurdiff.demo import run_demo
+    from deblurdiff.demo import DEFAULT_MAX_STEPS, run_demo
     from deblurdiff.errors import UsageError
 
-    for flag, value in (("--max-steps", args.max_steps), ("--steps", args.steps)):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
-    report = run_demo(args.output, max_steps=args.max_steps, steps=args.steps)
-    return 0 if report["lkpn_learned"] else 1
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps {args.max_steps}: must be at least 1")
+    # A finished demo exits 0 whatever it measured: the summary and report.json state the verdict.
+    run_demo(args.output, max_steps=args.max_steps or DEFAULT_MAX_STEPS)
+    return 0

@@ -14,8 +14,11 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, help="a DeblurDiffPipeline directory (save_pretrained)")
     parser.add_argument("--data", required=True, help="shard file/folder, or a folder holding blur/ and sharp/")
     parser.add_argument("--output", required=True, help="summary JSON file to write")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--sampler", default="dpmpp", help="ddpm (released, 50 steps) or dpmpp (default)")
+    # Unset: the settings the model was validated with (recorded in its directory), as `deblur` uses.
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--sampler", default=None, help="ddpm (released, 50 steps) or dpmpp (default: the model's)")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="where sampling starts, in (0, 1] (default: the model's; see deblur --help)")
     parser.add_argument("--seed", type=int, default=0, help="seed of each image's generator")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many pairs")
     parser.set_defaults(func=run)
@@ -27,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from deblurdiff.evaluation import evaluate, iter_pairs
     from deblurdiff.diffusion import SAMPLERS
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps}: must be at least 1")
-    if args.sampler not in SAMPLERS:
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise UsageError(f"--strength {args.strength:g}: must be in (0, 1]")
+    if args.sampler is not None and args.sampler not in SAMPLERS:
         raise UsageError(f"--sampler {args.sampler}: expected one of {', '.join(SAMPLERS)}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: must be at least 1")
@@ -37,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     iter_pairs(args.data)  # rejects a bad --data now, before the model loads
     pipe = load_pipeline(args.model)
     summary = evaluate(pipe, args.data, args.output, steps=args.steps, sampler=args.sampler,
-                       seed=args.seed, limit=args.limit)
-    print(f"eval: {summary['pairs']} pairs ({len(summary['skipped'])} skipped) | "
+                       strength=args.strength, seed=args.seed, limit=args.limit)
+    print(f"eval: {summary['pairs']} pairs ({len(summary['skipped'])} skipped) | {summary['sampler']} "
+          f"{summary['steps']} steps strength {summary['strength']:g} | "
           f"PSNR blurry {summary['psnr_blurry']:.2f} dB -> restored {summary['psnr_restored']:.2f} dB | "
           f"SSIM {summary['ssim_blurry']:.3f} -> {summary['ssim_restored']:.3f} | "
           f"latent MSE z_b {summary['blurry_latent_mse']:.4g} -> ẑ {summary['lkpn_latent_mse']:.4g} | "

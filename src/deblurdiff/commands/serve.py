@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--request-timeout-s", type=float, default=300.0, metavar="S",
                    help="per-request inference budget before answering 504")
     p.add_argument("--default-steps", type=int, default=None, metavar="N",
-                   help="steps when a request gives none (default 50)")
+                   help="steps when a request gives none (default: the steps the model was validated "
+                        "with, recorded in its directory; 50 for the released model)")
     p.set_defaults(func=run)
 
 

@@ -94,9 +94,7 @@ class AppArgs(Section):
     def limits(self) -> Limits:
         keys = ("request_timeout_s", "max_body_bytes", "max_pixels", "max_steps", "default_steps")
         given = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        if "max_steps" in given and "default_steps" not in given:
-            given["default_steps"] = min(Limits().default_steps, given["max_steps"])
-        return Limits(**given)
+        return Limits(**given)  # default_steps unset: the model's validated steps
 
 
 # ----------------------------------------------------------------------------- HTTP API
@@ -135,8 +133,9 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 def _result_headers(params, result: DeblurResult, started: float) -> dict:
     return {
         "X-Deblur-Seed": str(params.seed),
-        "X-Deblur-Steps": str(params.steps),
+        "X-Deblur-Steps": str(result.steps),
         "X-Deblur-Sampler": result.sampler,
+        "X-Deblur-Strength": f"{result.strength:g}",
         "X-Deblur-Tile": str(params.tile or 0),
         "X-Deblur-Batch-Size": str(result.batch_size),
         "X-Deblur-Replica": result.replica,
@@ -246,8 +245,8 @@ class DeblurIngress:
             if "too many pixels" in str(exc):  # Pillow's own bomb guard (max_pixels set above it)
                 raise ApiError(413, "too_many_pixels", f"image: {exc}") from None
             raise ApiError(400, "invalid_image", f"image: not a decodable image: {exc}") from None
-        job = DeblurJob(image=rgb, steps=params.steps, sampler=params.sampler, seed=params.seed, tile=params.tile,
-                        kernel_map=kernel_map)
+        job = DeblurJob(image=rgb, steps=params.steps, sampler=params.sampler, strength=params.strength,
+                        seed=params.seed, tile=params.tile, kernel_map=kernel_map)
         return params, job, limits
 
     async def _infer(self, job: DeblurJob, timeout_s: float) -> DeblurResult:

@@ -58,7 +58,9 @@ class Limits(Section):
     drain_timeout_s: float = Field(10.0, ge=0)
     max_pixels: int = Field(4096 * 4096, ge=1)  # checked on the header, before decoding
     max_steps: int = Field(200, ge=1)
-    default_steps: int = Field(50, ge=1)  # the released model's 50-step DDPM
+    # Steps when a request gives none; None: the steps the model was validated with (its recorded
+    # sampling settings, /v1/info "default_sampling"; 50-step DDPM for the released model).
+    default_steps: int | None = Field(None, ge=1)
     # Whole request budget in the model deployment (queue + inference); past it the client gets 504.
     request_timeout_s: float = Field(300.0, gt=0)
     # Images above this many pixels go through tiled inference (bounded memory) unless `tile` is given.
@@ -68,7 +70,7 @@ class Limits(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.default_steps > self.max_steps:
+        if self.default_steps is not None and self.default_steps > self.max_steps:
             raise ValueError(f"default_steps ({self.default_steps}) must be <= max_steps ({self.max_steps})")
         if self.default_tile % 64 or self.max_tile % 64:
             raise ValueError("default_tile and max_tile must be multiples of 64")
@@ -79,8 +81,9 @@ class Limits(Section):
 class DeblurParams:
     """Validated query parameters of ``POST /v1/deblur``."""
 
-    steps: int
-    sampler: str | None  # None: the pipeline's default sampler
+    steps: int | None  # None: the model's validated steps
+    sampler: str | None  # None: the model's validated sampler
+    strength: float | None  # None: the model's validated strength (where sampling starts, (0, 1])
     seed: int
     tile: int | None  # None: whole image; else tile size in pixels
     format: str  # output encoding: png | jpeg | webp
@@ -99,11 +102,24 @@ def _int_param(query: Mapping[str, str], name: str, low: int, high: int, hint: s
     return value
 
 
-KNOWN_PARAMS = ("steps", "sampler", "seed", "tile", "format")
+KNOWN_PARAMS = ("steps", "sampler", "strength", "seed", "tile", "format")
+
+
+def _strength_param(query: Mapping[str, str]) -> float | None:
+    raw = query.get("strength")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_parameter", f"strength: expected a number in (0, 1], got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ApiError(422, "invalid_parameter", f"strength: must be in (0, 1], got {value:g}")
+    return value
 
 
 def parse_params(query: Mapping[str, str], limits: Limits, samplers: tuple[str, ...] | list[str]) -> DeblurParams:
-    """Validate ``steps``, ``sampler``, ``seed``, ``tile``, ``format`` (422 on anything wrong).
+    """Validate ``steps``, ``sampler``, ``strength``, ``seed``, ``tile``, ``format`` (422 on anything wrong).
 
     Runs before the body is read, so a bad parameter costs the server nothing.
     """
@@ -129,6 +145,7 @@ def parse_params(query: Mapping[str, str], limits: Limits, samplers: tuple[str, 
     return DeblurParams(
         steps=steps if steps is not None else limits.default_steps,
         sampler=sampler,
+        strength=_strength_param(query),
         # No seed given: draw one and report it (X-Deblur-Seed) so the result can be reproduced.
         seed=seed if seed is not None else random.randrange(2**31),
         tile=tile,

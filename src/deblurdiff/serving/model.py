@@ -39,19 +39,22 @@ class BatchSettings(Section):
 # ----------------------------------------------------------------------------- ingress <-> replica
 @dataclass(frozen=True)
 class DeblurJob:
-    """One image to deblur, as the ingress validated it (``DeblurIngress._read_job``)."""
+    """One image to deblur, as the ingress validated it (``DeblurIngress._read_job``).
+
+    Unset sampler settings (None) make the pipeline use the model's validated ones."""
 
     image: np.ndarray  # (H, W, 3) uint8
-    steps: int
-    sampler: str | None  # None: the pipeline's default
+    steps: int | None
+    sampler: str | None
     seed: int
     tile: int | None  # None: whole image
     kernel_map: bool = False  # also return the last step's kernel spread
+    strength: float | None = None
 
     def group_key(self) -> tuple:
         """Jobs with equal keys share one pipeline call (same padded latent shape and settings)."""
         height, width = self.image.shape[:2]
-        return (height, width, self.steps, self.sampler, self.tile, self.kernel_map)
+        return (height, width, self.steps, self.sampler, self.strength, self.tile, self.kernel_map)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,9 @@ class DeblurResult:
     image: np.ndarray  # (H, W, 3) uint8, the input's size
     batch_size: int  # images in the pipeline call this one ran in
     seconds: float  # that call's inference time
-    sampler: str
+    sampler: str  # the sampler settings this job ran with
+    steps: int
+    strength: float
     replica: str
     spread: np.ndarray | None = None  # (h, w) kernel spread in latent px, for kernel_map jobs
 
@@ -93,16 +98,6 @@ def _preset_name(pipe) -> str | None:
     return str(value) if value else None
 
 
-def _default_sampler(pipe, samplers) -> str:
-    # The sampler a call without `sampler=` uses: the __call__ default (the released "ddpm").
-    import inspect
-
-    default = inspect.signature(type(pipe).__call__).parameters.get("sampler")
-    if default is not None and default.default in samplers:
-        return str(default.default)
-    return str(list(samplers)[0])
-
-
 @serve.deployment(name="DeblurModel", health_check_period_s=10, health_check_timeout_s=30,
                   graceful_shutdown_timeout_s=30)
 class DeblurModel:
@@ -131,7 +126,10 @@ class DeblurModel:
             "samplers": list(SAMPLERS),
             "kernel_size": int(self.pipe.lkpn.config.kernel_size),
             "vae_scale_factor": int(self.pipe.vae_scale_factor),
-            "default_sampler": _default_sampler(self.pipe, SAMPLERS),
+            # What a request without steps/sampler/strength runs: the settings this model was validated
+            # with (recorded in its directory), else the released 50-step DDPM.
+            "default_sampling": self.pipe.default_sampling(),
+            "default_sampler": self.pipe.default_sampling()["sampler"],
             "torch": torch.__version__,
         }
         if self.device.type == "cuda" and self._info["eac_backend"] != "cuda":
@@ -153,7 +151,8 @@ class DeblurModel:
             raise RuntimeError(f"replica unusable after a device error: {self._fatal}")
 
     async def deblur(self, job: DeblurJob) -> DeblurResult | JobError:
-        """One image in, one result out (or the reason this job alone failed)."""
+        """One image in, one result out (with the sampler settings actually run), or the reason this
+        job alone failed."""
         return await self._batched(job)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -176,10 +175,12 @@ class DeblurModel:
                     results[i] = error
                 continue
             seconds = time.perf_counter() - started
+            defaults = self._info["default_sampling"]
             for i, image, spread in zip(indices, images, spreads):
+                ran = {k: defaults[k] if getattr(jobs[i], k) is None else getattr(jobs[i], k)
+                       for k in ("sampler", "steps", "strength")}
                 results[i] = DeblurResult(image=image, batch_size=len(indices), seconds=seconds,
-                                          sampler=jobs[i].sampler or self._info["default_sampler"],
-                                          replica=self._replica, spread=spread)
+                                          replica=self._replica, spread=spread, **ran)
         return results  # same order as jobs: Serve hands result k to caller k
 
     def _run_group(self, group: list[DeblurJob]):
@@ -191,9 +192,8 @@ class DeblurModel:
         first = group[0]
         # One generator per image: its result depends on its own seed only, not on its batch mates.
         generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in group]
-        kwargs = {}
-        if first.sampler is not None:
-            kwargs["sampler"] = first.sampler
+        # Unset sampler settings (None) make the pipeline use the model's validated ones.
+        kwargs = {"sampler": first.sampler, "strength": first.strength}
         if first.tile is not None:
             kwargs["tile_size"] = first.tile
         want_map = first.kernel_map

@@ -3,13 +3,15 @@
     deblurdiff train --config configs/tiny.yaml --set train.max_steps=200 --workers 2
 
 Every key below is documented where it is declared; ``configs/tiny.yaml`` and ``configs/sd21.yaml`` are
-complete examples. Unknown keys and wrong types fail with the dotted key (``deblurdiff.config``);
+complete examples (shipped in the package as ``deblurdiff/configs/``: :func:`packaged_config`). Unknown keys and wrong types fail with the dotted key (``deblurdiff.config``);
 combinations that cannot work (a batch that does not split over the workers, no data) fail in
 :func:`check_config` with the key to change.
 """
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -17,7 +19,7 @@ from pydantic import Field
 from deblurdiff.config import Section
 from deblurdiff.errors import UsageError
 
-__all__ = ["TrainConfig", "check_config", "micro_batch_size"]
+__all__ = ["TrainConfig", "check_config", "micro_batch_size", "packaged_config"]
 
 
 class RunSection(Section):
@@ -115,6 +117,15 @@ class WandbSection(Section):
     entity: str | None = None
     name: str | None = None  # W&B run name (default: run.name)
     tags: list[str] = []
+
+
+def packaged_config(name: str) -> Path:
+    """A training config shipped inside the package (``deblurdiff/configs/<name>.yaml``: ``tiny``,
+    ``sd21``); in a checkout ``configs/`` at the repository root links to the same files."""
+    path = Path(str(resources.files("deblurdiff").joinpath("configs", f"{name}.yaml")))
+    if not path.is_file():
+        raise UsageError(f"no packaged training config {name!r} (expected {path})")
+    return path
 
 
 class TrainConfig(Section):
