@@ -34,12 +34,13 @@ def test_defaults_match_the_documented_limits():
     limits = Limits()
     assert limits.max_body_bytes == 20 * 1024 * 1024
     assert limits.max_pixels == 4096 * 4096
-    assert (limits.max_steps, limits.default_steps) == (200, 50)
+    # No serve-wide default steps: a request without `steps` runs the model's validated settings.
+    assert (limits.max_steps, limits.default_steps) == (200, None)
 
 
 def test_defaults_are_applied_and_seed_is_drawn_when_absent():
     params = parse_params({}, Limits(), SAMPLERS)
-    assert params.steps == 50 and params.sampler is None and params.tile is None and params.format == "png"
+    assert params.steps is None and params.sampler is None and params.tile is None and params.format == "png"
     assert 0 <= params.seed < 2**31
     params = parse_params({"steps": "7", "sampler": "ddim", "seed": "42", "tile": "128", "format": "JPG"},
                           Limits(), SAMPLERS)

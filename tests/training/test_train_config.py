@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from deblurdiff.config import load_config
 from deblurdiff.errors import UsageError
@@ -151,6 +152,8 @@ def test_cli_resume_with_another_worker_count_or_no_steps_left_exits_2(cli, tmp_
     ckpt = tmp_path / "train" / "checkpoint_00000010"
     ckpt.mkdir(parents=True)
     (ckpt / "train_state.json").write_text('{"step": 10, "world_size": 2}')
+    (ckpt / "deepspeed").mkdir()  # a whole checkpoint as far as the intact check reads (a real torch zip)
+    torch.save({}, ckpt / "deepspeed" / "mp_rank_00_model_states.pt")
     base = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--resume", "--set", f"run.output_dir={tmp_path}"]
     proc = cli(*base, "--workers", "1", timeout=120)
     assert proc.returncode == 2 and "--workers 1" in proc.stderr and "--workers 2" in proc.stderr
