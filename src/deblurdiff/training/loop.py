@@ -144,9 +144,10 @@ def build_pipeline(cfg, **kwargs):
         from deblurdiff.model_dir import load_pipeline
 
         device = kwargs.pop("device", None) or "cpu"
-        # fp32 unless told otherwise: a float16 conversion is trained from fp32 master weights.
-        pipe = load_pipeline(m.init_from, flag="model.init_from", device=str(device)).to(
-            dtype=kwargs.pop("torch_dtype", None) or torch.float32)
+        # from_pretrained loads fp32 (a float16 conversion too): the trainable parts get fp32 master weights.
+        pipe = load_pipeline(m.init_from, flag="model.init_from", device=str(device))
+        if kwargs.get("torch_dtype") is not None:
+            pipe.to(dtype=kwargs["torch_dtype"])
         pipe.set_trainable(m.trainable or pipe.config.trainable_components)
         return pipe
     return DeblurDiffPipeline.from_preset(m.preset, base_model=m.base_model, random_init=m.random_init,
