@@ -105,7 +105,8 @@ def _side_by_side(left: np.ndarray, right: np.ndarray, path: Path) -> None:
 def _post_image(url: str, data: bytes, timeout: float = 300) -> tuple[int, dict, bytes]:
     request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, dict(response.headers), response.read()
+        # Header names lower-cased: the server sends them lower-case, callers should not care.
+        return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
 
 
 def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers: int = 2,
@@ -183,9 +184,9 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
             runner.stop()
         serve_result = {"status": status, "size": [served.shape[1], served.shape[0]],
                         "same_size_as_input": served.shape == clock_rgb.shape,
-                        "sampling": {"sampler": headers.get("X-Deblur-Sampler"),
-                                     "steps": int(headers.get("X-Deblur-Steps", 0)),
-                                     "strength": float(headers.get("X-Deblur-Strength", "nan"))}}
+                        "sampling": {"sampler": headers.get("x-deblur-sampler"),
+                                     "steps": int(headers.get("x-deblur-steps", 0)),
+                                     "strength": float(headers.get("x-deblur-strength", "nan"))}}
 
     # 7. report
     report = {
