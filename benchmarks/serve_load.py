@@ -342,8 +342,9 @@ def soak(base_url: str, app_name: str, *, seconds: float, concurrency: int, step
     window = min(60.0, elapsed / 3)  # first and last minute (a third of a short soak)
     processes = {}
     for name in procs:
-        first = [rss[name] for t, rss in samples if t < window]
-        last = [rss[name] for t, rss in samples if t >= elapsed - window]
+        # On a stalled machine a window may hold no sample: then its nearest sample stands for it.
+        first = [rss[name] for t, rss in samples if t < window] or [samples[0][1][name]]
+        last = [rss[name] for t, rss in samples if t >= elapsed - window] or [samples[-1][1][name]]
         first_mb, last_mb = statistics.fmean(first) / 2**20, statistics.fmean(last) / 2**20
         processes[name] = {"pid": pids[name], "rss_first_mb": first_mb, "rss_last_mb": last_mb,
                            "rss_growth": last_mb / first_mb - 1, "fds_before": fds_before[name],
