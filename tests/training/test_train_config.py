@@ -154,6 +154,8 @@ def test_cli_resume_with_another_worker_count_or_no_steps_left_exits_2(cli, tmp_
     (ckpt / "train_state.json").write_text('{"step": 10, "world_size": 2}')
     (ckpt / "deepspeed").mkdir()  # a whole checkpoint as far as the intact check reads (a real torch zip)
     torch.save({}, ckpt / "deepspeed" / "mp_rank_00_model_states.pt")
+    # A finished launch (its export done at step 10): resuming at max_steps=10 has nothing left to do.
+    (tmp_path / "summary.json").write_text('{"status": "finished", "final_step": 10}')
     base = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--resume", "--set", f"run.output_dir={tmp_path}"]
     proc = cli(*base, "--workers", "1", timeout=120)
     assert proc.returncode == 2 and "--workers 1" in proc.stderr and "--workers 2" in proc.stderr
