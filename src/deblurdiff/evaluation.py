@@ -272,7 +272,7 @@ def score_sampling(pipe, data: str | Path, candidates: list[dict], *, seed: int 
         raise UsageError(f"validation data {data}: no usable pairs")
     blurry = [_to_tensor(p.blurry) for p in pairs]
     sharp = [_to_tensor(p.sharp) for p in pairs]
-    psnr_blurry = float(np.mean([_psnr(b, s) for b, s in zip(blurry, sharp)]))
+    psnr_blurry = float(np.mean([psnr(b, s) for b, s in zip(blurry, sharp)]))
     ssim_blurry = float(np.mean([_ssim(b, s) for b, s in zip(blurry, sharp)]))
     pipe.set_progress_bar_config(disable=True)
     rows = []
@@ -286,7 +286,7 @@ def score_sampling(pipe, data: str | Path, candidates: list[dict], *, seed: int 
         images = out.images if isinstance(out.images, list) else list(out.images)
         restored = [img.float().cpu().reshape(1, *img.shape[-3:]) for img in images]
         rows.append({**settings, "pairs": len(pairs), "psnr_blurry": psnr_blurry, "ssim_blurry": ssim_blurry,
-                     "psnr_restored": float(np.mean([_psnr(r, s) for r, s in zip(restored, sharp)])),
+                     "psnr_restored": float(np.mean([psnr(r, s) for r, s in zip(restored, sharp)])),
                      "ssim_restored": float(np.mean([_ssim(r, s) for r, s in zip(restored, sharp)])),
                      "seconds_per_image": (time.perf_counter() - started) / len(pairs)})
     return rows

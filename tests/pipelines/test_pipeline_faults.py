@@ -116,9 +116,9 @@ def test_a_file_that_vanishes_between_listing_and_reading_is_skipped_and_reporte
     corpus.mkdir()
     for name in ("a.png", "b.png"):
         shutil.copyfile(hostile / "astronaut.png", corpus / name)  # copies: hard links would be one file
-    job = plan_synth([str(corpus)], str(tmp_path / "out"), **{**SETTINGS, "shard_size": 8})
+    job = plan_synth([str(corpus)], str(tmp_path / "out"), **{**SETTINGS, "shard_size": 8, "workers": 1})
     (corpus / "b.png").unlink()  # listed, then gone before any actor reads it
-    summary = job.run(workers=1)
+    summary = job.run()
     assert summary.samples == 2 and summary.skipped == 1
     assert "No such file" in _skipped(tmp_path / "out")[f"{corpus}/b.png"]
 
