@@ -75,20 +75,23 @@ class DeblurDiffPipeline(DiffusionPipeline):
     "signed": from [-1, 1] like z_0), ``origin`` (for a converted model: the checkpoint it came from),
     ``sampling`` (the sampler settings this model was validated
     with, ``{"sampler", "steps", "strength"}``; a call that names none of them uses these; None: the
-    released 50-step DDPM from noise, ``RELEASED_SAMPLING``). Saved in ``model_index.json``.
+    released 50-step DDPM from noise, ``RELEASED_SAMPLING``), ``z_hat_anchor`` (the UNet predicts a
+    correction to the estimate x0 = ẑ instead of the whole output; off in the paper and the release, on in
+    the tiny preset: see ``predict_noise``). Saved in ``model_index.json``.
     """
 
     model_cpu_offload_seq = "lkpn->controlnet->unet->vae"
 
     def __init__(self, vae, unet, controlnet, lkpn, scheduler, null_text, preset="custom",
-                 trainable_components=("controlnet", "lkpn"), blurry_range="unit", origin=None, sampling=None):
+                 trainable_components=("controlnet", "lkpn"), blurry_range="unit", origin=None, sampling=None,
+                 z_hat_anchor=False):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, controlnet=controlnet, lkpn=lkpn, scheduler=scheduler,
                               null_text=null_text)
         if blurry_range not in ("unit", "signed"):
             raise ValueError(f"blurry_range must be 'unit' or 'signed', got {blurry_range!r}")
         self.register_to_config(preset=preset, blurry_range=blurry_range, origin=origin,
-                                sampling=check_sampling(sampling))
+                                sampling=check_sampling(sampling), z_hat_anchor=bool(z_hat_anchor))
         self.set_trainable(trainable_components)
 
     # ------------------------------------------------------------------------------ construction
@@ -108,7 +111,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
         pipe = cls(vae=parts.vae, unet=parts.unet, controlnet=parts.controlnet, lkpn=parts.lkpn,
                    scheduler=parts.scheduler, null_text=parts.null_text, preset=name,
                    trainable_components=trainable if trainable is not None else parts.trainable,
-                   blurry_range=parts.blurry_range)
+                   blurry_range=parts.blurry_range, z_hat_anchor=parts.z_hat_anchor)
         if torch_dtype is not None:
             pipe.to(dtype=torch_dtype)
         return pipe
@@ -337,12 +340,13 @@ class DeblurDiffPipeline(DiffusionPipeline):
 
     def _predict_noise(self, x_t, t, z_b, context, tiles, control_scale) -> NoisePrediction:
         """``predict_noise`` on the whole latent, or tile by tile with Gaussian-weighted blending."""
+        anchor = self.scheduler if self.config.get("z_hat_anchor") else None  # the training noise schedule
         if tiles is None:
-            return predict_noise(self.unet, self.controlnet, self.lkpn, x_t, t, z_b, context, control_scale)
+            return predict_noise(self.unet, self.controlnet, self.lkpn, x_t, t, z_b, context, control_scale, anchor)
         out = z_hat = kern = weight_sum = None
         for (y0, y1, x0, x1) in tiles:
             p = predict_noise(self.unet, self.controlnet, self.lkpn, x_t[..., y0:y1, x0:x1], t,
-                              z_b[..., y0:y1, x0:x1], context, control_scale)
+                              z_b[..., y0:y1, x0:x1], context, control_scale, anchor)
             if out is None:
                 out = x_t.new_zeros(x_t.shape, dtype=torch.float32)
                 z_hat = torch.zeros_like(out)

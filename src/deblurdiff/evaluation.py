@@ -150,7 +150,7 @@ def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list
     z_0 = pipe.encode(_pad_to_multiple(sharp.to(device), m), generator=generator)
     context = pipe.null_text_embedding(1).to(device, dtype)
     objective = fixed_timestep_losses(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b.to(dtype),
-                                      context, generator)
+                                      context, generator, z_hat_anchor=pipe.config.get("z_hat_anchor", False))
     lh, lw = z_hats[0].shape[-2:]
     z_b, z_0 = z_b.cpu()[..., :lh, :lw], z_0.cpu()[..., :lh, :lw]
     blurry_mse = float(torch.mean((z_b - z_0) ** 2))

@@ -81,3 +81,53 @@ def test_tiny_overfits_a_batch():
         losses.append(terms.as_floats())
     assert losses[-1]["loss"] < 0.7 * losses[0]["loss"]
     assert losses[-1]["latent_loss"] < losses[0]["latent_loss"]  # ẑ moved towards z_0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_output_for_x0_is_what_the_scheduler_turns_back_into_x0(prediction_type):
+    from deblurdiff.models import output_for_x0
+
+    scheduler = ddpm_scheduler(prediction_type)
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(1)
+    x0, x_t = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    for t in (scheduler.timesteps[0], scheduler.timesteps[-1]):
+        step = scheduler.step(output_for_x0(scheduler, x0, x_t, t), t, x_t, generator=g)
+        torch.testing.assert_close(step.pred_original_sample, x0, rtol=1e-4, atol=1e-4)
+
+
+def test_z_hat_anchor_makes_a_silent_unet_return_the_lkpn_estimate():
+    """The tiny preset's anchor: a UNet that outputs zero leaves the scheduler's x0 estimate at ẑ (not at
+    the noisy x_t), so an untrained diffusion branch returns the LKPN's deblurred latent."""
+    from deblurdiff.models import predict_noise
+
+    pipe = DeblurDiffPipeline.from_preset("tiny")
+    assert pipe.config.z_hat_anchor and CoTrainingModule(pipe).z_hat_anchor
+    torch.nn.init.zeros_(pipe.unet.conv_out.weight)
+    torch.nn.init.zeros_(pipe.unet.conv_out.bias)
+    z_0, z_b, noise, _ = batch(pipe)
+    t = torch.tensor([700, 700])
+    x_t = pipe.scheduler.add_noise(z_0, noise, t)
+    with torch.no_grad():
+        anchored = predict_noise(pipe.unet, pipe.controlnet, pipe.lkpn, x_t, t, z_b, pipe.null_text_embedding(2),
+                                 anchor_scheduler=pipe.scheduler)
+        plain = predict_noise(pipe.unet, pipe.controlnet, pipe.lkpn, x_t, t, z_b, pipe.null_text_embedding(2))
+    assert plain.model_output.abs().max() == 0  # the paper's output: all from the (silent) UNet
+    x0 = pipe.scheduler.step(anchored.model_output[:1], 700, x_t[:1]).pred_original_sample
+    torch.testing.assert_close(x0, anchored.z_hat[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_start_weight_adds_the_lkpn_estimate_from_z_b_alone():
+    """μ · MSE(LKPN(z_b, x_t := z_b).ẑ, z_0): what the sampler starts from at strength < 1."""
+    pipe = DeblurDiffPipeline.from_preset("tiny")
+    torch.nn.init.normal_(pipe.lkpn.unet.conv_out.weight, std=0.01)  # ẑ ≠ z_b, so the two estimates differ
+    z_0, z_b, noise, t = batch(pipe)
+    context = pipe.null_text_embedding(2)
+    args = (pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, noise, t, context)
+    plain = training_step(*args)
+    with_start = training_step(*args, start_weight=0.5)
+    assert plain.start_latent_loss is None and "start_latent_loss" not in plain.as_floats()
+    expected = F.mse_loss(pipe.lkpn(z_b, z_b, t, context).z_hat, z_0)
+    torch.testing.assert_close(with_start.start_latent_loss, expected)
+    torch.testing.assert_close(with_start.loss, plain.loss + 0.5 * expected)
+    assert with_start.as_floats()["start_latent_loss"] == pytest.approx(expected.item())

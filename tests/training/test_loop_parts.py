@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from deblurdiff.config import load_config
-from deblurdiff.models import COMPONENTS
+from deblurdiff.models import COMPONENTS, LossTerms
 from deblurdiff.training.config import TrainConfig
 from deblurdiff.training.launcher import Resources, RunEvents, build_summary
 from deblurdiff.training.loop import _micro_batches, build_pipeline, micro_step, prepare_model
@@ -110,8 +110,8 @@ def test_metric_logger_writes_once_on_rank_0_and_nothing_elsewhere(tmp_path, cap
 
 def test_loss_window_means_over_steps_and_times_only_the_timed_ones():
     window = LossWindow()
-    terms = lambda x: SimpleNamespace(loss=torch.tensor(x), diffusion_loss=torch.tensor(x / 2),  # noqa: E731
-                                      latent_loss=torch.tensor(x / 4))
+    terms = lambda x: LossTerms(loss=torch.tensor(x), diffusion_loss=torch.tensor(x / 2),  # noqa: E731
+                                latent_loss=torch.tensor(x / 4), start_latent_loss=torch.tensor(x / 8))
     for values, seconds in (((1.0, 3.0), None), ((2.0, 2.0), 0.5), ((4.0, 6.0), 1.5)):  # grad_accum = 2
         for v in values:
             window.add_micro_step(terms(v), grad_accum=2)
@@ -119,6 +119,8 @@ def test_loss_window_means_over_steps_and_times_only_the_timed_ones():
     m = window.metrics()
     assert m["train/loss"] == pytest.approx((2.0 + 2.0 + 5.0) / 3)
     assert m["train/diffusion_loss"] == pytest.approx(m["train/loss"] / 2)
+    assert m["train/start_latent_loss"] == pytest.approx(m["train/loss"] / 8)
+    assert "train/start_latent_loss" not in LossWindow(steps=1).metrics()  # not trained: not reported
     assert m["train/samples_per_s"] == pytest.approx(16 / 2.0) and m["train/s_per_step"] == pytest.approx(1.0)
 
 

@@ -11,6 +11,7 @@ from deblurdiff.models.objective import (
     deblurdiff_loss,
     diffusion_target,
     fixed_timestep_losses,
+    output_for_x0,
     predict_noise,
     training_step,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "deblurdiff_loss",
     "diffusion_target",
     "fixed_timestep_losses",
+    "output_for_x0",
     "predict_noise",
     "sd21",
     "tiny",

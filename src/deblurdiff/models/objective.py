@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FIXED_TIMESTEPS", "CoTrainingModule", "LossTerms", "NoisePrediction", "deblurdiff_loss", "diffusion_target",
-           "fixed_timestep_losses", "predict_noise", "training_step"]
+           "fixed_timestep_losses", "output_for_x0", "predict_noise", "training_step"]
 
 FIXED_TIMESTEPS = (50, 250, 500, 750, 950)  # spread over [0, 1000): the loss differs a lot with t
 
@@ -32,10 +32,16 @@ class LossTerms:
     loss: torch.Tensor  # diffusion_loss + λ · latent_loss (what to backpropagate)
     diffusion_loss: torch.Tensor  # MSE(model_output, target): target eps (paper) or v (v-prediction presets)
     latent_loss: torch.Tensor  # MSE(ẑ, z_0)
+    # MSE(ẑ_start, z_0), ẑ_start = the LKPN's estimate from z_b alone (x_t := z_b), where the sampler starts
+    # at strength < 1; None when not trained (start_weight 0, the paper).
+    start_latent_loss: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
-        return {"loss": self.loss.item(), "diffusion_loss": self.diffusion_loss.item(),
-                "latent_loss": self.latent_loss.item()}
+        floats = {"loss": self.loss.item(), "diffusion_loss": self.diffusion_loss.item(),
+                  "latent_loss": self.latent_loss.item()}
+        if self.start_latent_loss is not None:
+            floats["start_latent_loss"] = self.start_latent_loss.item()
+        return floats
 
 
 def predict_noise(
@@ -47,10 +53,19 @@ def predict_noise(
     z_blur: torch.Tensor,
     context: torch.Tensor,
     control_scale: float = 1.0,
+    anchor_scheduler=None,
 ) -> NoisePrediction:
     """eps(x_t, t | z_b) with iterative refinement: LKPN + EAC re-run on this step's x_t.
 
     x_t, z_blur: (B, C, h, w); timestep: scalar or (B,); context: (B, L, D).
+
+    ``anchor_scheduler`` (None in the paper and the release; the tiny preset's ``z_hat_anchor``): the
+    UNet's output becomes a correction to the output that would make the scheduler's x0 estimate exactly
+    ẑ, ``model_output = output_for_x0(ẑ) + unet(...)``. A UNet that predicts nothing (zero) then
+    returns the LKPN's deblurred estimate instead of its noisy input: what a small diffusion branch
+    trained from scratch adds is detail on top of ẑ, never noise in place of it. ẑ is detached there:
+    the latent loss trains it; through the anchor the diffusion loss would weight its error by
+    1/(1 − ᾱ_t), ~1000 at t = 0.
     """
     # 1. LKPN predicts per-pixel kernels from (z_b, x_t); EAC applies them to the ORIGINAL z_b.
     lk = lkpn(z_blur, x_t, timestep, context)
@@ -65,6 +80,8 @@ def predict_noise(
         x_t, timestep, encoder_hidden_states=context,
         down_block_additional_residuals=down_res, mid_block_additional_residual=mid_res,
     ).sample
+    if anchor_scheduler is not None:
+        model_output = model_output + output_for_x0(anchor_scheduler, lk.z_hat.detach(), x_t, timestep).to(model_output.dtype)
     return NoisePrediction(model_output=model_output, z_hat=lk.z_hat, kernels=lk.kernels)
 
 
@@ -88,6 +105,20 @@ def diffusion_target(noise_scheduler, z_0: torch.Tensor, noise: torch.Tensor, ti
     raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
 
 
+def output_for_x0(noise_scheduler, x0: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The model output (eps or v, by the scheduler's ``prediction_type``) from which the scheduler
+    recovers exactly ``x0`` at x_t: eps = (x_t − sqrt(ᾱ_t) x0) / sqrt(1 − ᾱ_t), v = (sqrt(ᾱ_t) x_t − x0) / sqrt(1 − ᾱ_t).
+    x0, x_t: (B, C, h, w); timesteps: scalar or (B,). Computed in fp32."""
+    alphas = noise_scheduler.alphas_cumprod.to(x_t.device)[torch.as_tensor(timesteps, device=x_t.device).long()].float()
+    a = alphas.reshape(-1, *([1] * (x_t.dim() - 1)))  # (B or 1, 1, 1, 1)
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x_t.float() - a.sqrt() * x0.float()) / (1 - a).sqrt()
+    if kind == "v_prediction":
+        return (a.sqrt() * x_t.float() - x0.float()) / (1 - a).sqrt()
+    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
+
+
 def training_step(
     unet: nn.Module,
     controlnet: nn.Module,
@@ -99,18 +130,31 @@ def training_step(
     timesteps: torch.Tensor,
     context: torch.Tensor,
     latent_weight: float = 1.0,
+    z_hat_anchor: bool = False,
+    start_weight: float = 0.0,
 ) -> LossTerms:
     """Loss terms for one co-training batch (no backward, no optimiser step).
 
     z_0: sharp latents, z_blur: blurry latents z_b (both scaled, (B, C, h, w));
     noise: eps ~ N(0, I) like z_0; timesteps: (B,) ints in [0, T); context: (B, L, D).
+    ``z_hat_anchor``: the pipeline's option of that name (see ``predict_noise``'s ``anchor_scheduler``).
+    ``start_weight`` μ > 0 adds μ · MSE(ẑ_start, z_0), ẑ_start = LKPN(z_b, x_t := z_b): the estimate the
+    sampler starts from at strength < 1. Co-trained only on x_t from z_0, the LKPN learns to copy detail
+    out of a nearly clean x_t and meets z_b in its place for the first time at inference; this term
+    teaches it to deblur z_b on its own (one more LKPN pass per step).
     """
     # Forward diffusion q(x_t | z_0): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps, in the networks' dtype (z_b's;
     # evaluation keeps an fp32 z_0 as the target beside a half-precision model).
     x_t = noise_scheduler.add_noise(z_0, noise, timesteps).to(z_blur.dtype)
-    pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context)
+    pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context,
+                         anchor_scheduler=noise_scheduler if z_hat_anchor else None)
     target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
-    return deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
+    terms = deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
+    if start_weight > 0:
+        z_start = lkpn(z_blur, z_blur, timesteps, context).z_hat
+        terms.start_latent_loss = F.mse_loss(z_start.float(), z_0.float())
+        terms.loss = terms.loss + start_weight * terms.start_latent_loss
+    return terms
 
 
 def fixed_timestep_losses(
@@ -124,6 +168,7 @@ def fixed_timestep_losses(
     generator: torch.Generator,
     latent_weight: float = 1.0,
     timesteps: tuple[int, ...] = FIXED_TIMESTEPS,
+    z_hat_anchor: bool = False,
 ) -> LossTerms:
     """The co-training loss terms averaged over fixed ``timesteps``, with noise drawn (on the CPU) from
     ``generator``: deterministic for a given seed, so runs and checkpoints compare. Used by training's
@@ -137,7 +182,7 @@ def fixed_timestep_losses(
         eps = torch.randn(z_0.shape, generator=generator).to(device)
         t_batch = torch.full((n,), t, device=device, dtype=torch.long)
         per_t.append(training_step(unet, controlnet, lkpn, noise_scheduler, z_0, z_blur, eps, t_batch, context,
-                                   latent_weight))
+                                   latent_weight, z_hat_anchor))
     mean = lambda name: torch.stack([getattr(terms, name).float() for terms in per_t]).mean()  # noqa: E731
     return LossTerms(loss=mean("loss"), diffusion_loss=mean("diffusion_loss"), latent_loss=mean("latent_loss"))
 
@@ -152,7 +197,7 @@ class CoTrainingModule(nn.Module):
     objects, so after training ``pipe.save_pretrained(dir)`` exports the trained weights.
     """
 
-    def __init__(self, pipeline, latent_weight: float = 1.0):
+    def __init__(self, pipeline, latent_weight: float = 1.0, start_weight: float = 0.0):
         super().__init__()
         trainable = pipeline.trainable_modules()
         for name, module in trainable.items():
@@ -162,10 +207,13 @@ class CoTrainingModule(nn.Module):
                                              if n not in trainable})
         self.noise_scheduler = pipeline.scheduler
         self.latent_weight = latent_weight
+        self.start_weight = start_weight
+        self.z_hat_anchor = bool(pipeline.config.get("z_hat_anchor", False))
 
     def part(self, name: str) -> nn.Module:
         return self._modules[name] if name in self._modules else self._frozen[name]
 
     def forward(self, z_0, z_blur, noise, timesteps, context) -> LossTerms:
         return training_step(self.part("unet"), self.part("controlnet"), self.part("lkpn"), self.noise_scheduler,
-                             z_0, z_blur, noise, timesteps, context, self.latent_weight)
+                             z_0, z_blur, noise, timesteps, context, self.latent_weight, self.z_hat_anchor,
+                             self.start_weight)

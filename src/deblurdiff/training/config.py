@@ -76,6 +76,8 @@ class TrainSection(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of lr
     grad_clip: float | None = Field(1.0, gt=0)  # global grad-norm clip (None: off)
     latent_weight: float = Field(1.0, ge=0)  # λ in eps-MSE + λ·MSE(ẑ, z_0)
+    # μ: + μ·MSE(LKPN(z_b, x_t := z_b), z_0), the sampler's start estimate at strength < 1 (paper: 0; tiny: 1)
+    start_latent_weight: float = Field(0.0, ge=0)
     # "auto": bf16 on GPU, fp32 on CPU (CPU bf16 autocast is slow and gloo has no bf16 all-reduce).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # Activation checkpointing of the trainable UNets ("auto": on for GPU, off for CPU).

@@ -185,7 +185,8 @@ def prepare_model(cfg, device: torch.device, *, bf16: bool, gradient_checkpointi
             for sub in getattr(pipe, name).modules():
                 if getattr(sub, "_supports_gradient_checkpointing", False):
                     sub.enable_gradient_checkpointing()
-    module = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight).train()
+    module = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight,
+                              start_weight=cfg.train.start_latent_weight).train()
     return PreparedModel(pipe, module, frozen, frozen_fp32)
 
 

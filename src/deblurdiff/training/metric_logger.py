@@ -35,6 +35,7 @@ class LossWindow:
     loss: torch.Tensor | float = 0.0
     diffusion_loss: torch.Tensor | float = 0.0
     latent_loss: torch.Tensor | float = 0.0
+    start_latent_loss: torch.Tensor | float | None = None  # only when the start estimate is trained
     timed_steps: int = 0  # steps with a timing (a worker group's first step is left out: warm-up)
     timed_seconds: float = 0.0
     timed_samples: int = 0
@@ -44,6 +45,9 @@ class LossWindow:
         self.loss = self.loss + terms.loss.detach().float() / grad_accum
         self.diffusion_loss = self.diffusion_loss + terms.diffusion_loss.detach().float() / grad_accum
         self.latent_loss = self.latent_loss + terms.latent_loss.detach().float() / grad_accum
+        if terms.start_latent_loss is not None:
+            previous = 0.0 if self.start_latent_loss is None else self.start_latent_loss
+            self.start_latent_loss = previous + terms.start_latent_loss.detach().float() / grad_accum
 
     def end_step(self, samples: int, seconds: float | None) -> None:
         """An optimiser step of ``samples`` (global batch) finished; ``seconds`` None: not timed."""
@@ -60,6 +64,8 @@ class LossWindow:
             "train/diffusion_loss": float(self.diffusion_loss) / self.steps,
             "train/latent_loss": float(self.latent_loss) / self.steps,
         }
+        if self.start_latent_loss is not None:
+            out["train/start_latent_loss"] = float(self.start_latent_loss) / self.steps
         if self.timed_steps:
             out["train/samples_per_s"] = self.timed_samples / self.timed_seconds
             out["train/s_per_step"] = self.timed_seconds / self.timed_steps

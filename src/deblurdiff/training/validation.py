@@ -47,7 +47,7 @@ def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: in
     # 2. the training objective (the model's own loss function) at fixed timesteps with fixed noise
     with autocast:
         lt = fixed_timestep_losses(pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, context, g,
-                                   latent_weight)
+                                   latent_weight, z_hat_anchor=pipe.config.get("z_hat_anchor", False))
     terms = {"loss": lt.loss.item(), "diffusion_loss": lt.diffusion_loss.item(), "latent_mse": lt.latent_loss.item()}
 
     # 3. a full restoration with the fast sampler, keeping the last step's ẑ
