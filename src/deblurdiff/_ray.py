@@ -12,9 +12,10 @@ import os
 logger = logging.getLogger(__name__)
 
 
-def connect(address: str | None = None, **init_kwargs):
+def connect(address: str | None = None, *, dashboard: bool = False, **init_kwargs):
     """``ray.init`` against ``address`` (or ``RAY_ADDRESS``; ``"auto"`` finds a cluster started on this
-    machine with ``ray start``), or a new local instance when neither is given."""
+    machine with ``ray start``), or a new local instance when neither is given. ``dashboard``: a local
+    instance starts Ray's dashboard, which serves the state API (Ray Train polls it); a cluster has its own."""
     import ray
 
     if ray.is_initialized():
@@ -28,7 +29,7 @@ def connect(address: str | None = None, **init_kwargs):
         # No dashboard unless asked (it costs seconds on 2 cores), no usage stats.
         address = "local"
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        init_kwargs.setdefault("include_dashboard", False)
+        init_kwargs["include_dashboard"] = dashboard
     logger.info("connecting to Ray at %s", address)
     return ray.init(address=address, **init_kwargs)
 

@@ -132,7 +132,7 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
     started = time.perf_counter()
 
     # 0. a local Ray instance for every stage (no cluster needed)
-    connect("local", include_dashboard=False)
+    connect("local", dashboard=True)  # the state API Ray Train's PlacementGroupCleaner polls (launcher.py)
 
     # 1. synthesise training, validation and held-out pairs, each from different photos
     pairs = output / "pairs"

@@ -81,7 +81,7 @@ class ServeRunner:
                 # "local", not None: ray.init(address=None) would join any `ray start` cluster it finds
                 # on this machine (/tmp/ray/ray_current_cluster), and we promised our own instance.
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                connect("local", include_dashboard=False)
+                connect("local")
             else:
                 connect(self.address)
         try:

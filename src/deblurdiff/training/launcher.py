@@ -256,7 +256,9 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
         shutil.rmtree(stale, ignore_errors=True)
 
     # 2. Ray: size the workers so the data stages keep CPUs; build the data stream + held-out pairs.
-    connect(address)
+    # A local instance gets the dashboard: Ray Train V2's PlacementGroupCleaner polls the state API it
+    # serves, and without it prints "Failed to query Ray Train Controller actor state" every second.
+    connect(address, dashboard=True)
     r = plan_resources(cfg, [n for n in ray.nodes() if n.get("Alive")])
     logger.info("resources: %s", r)
     # The training stream runs for the whole job: its progress bars would bury the step log.

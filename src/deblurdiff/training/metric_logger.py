@@ -102,9 +102,10 @@ class MetricLogger:
         if "train/loss" in metrics:
             # logging, not print: inside a Ray Train worker print is re-routed to the root logger AND,
             # once W&B wraps sys.stdout, also printed, so every line reached the console twice.
-            logger.info("step %d/%d loss %.4f (diffusion %.4f, latent %.4f) %.2f samples/s", step, self.max_steps,
+            start = metrics.get("train/start_latent_loss")
+            logger.info("step %d/%d loss %.4f (diffusion %.4f, latent %.4f%s) %.2f samples/s", step, self.max_steps,
                         metrics["train/loss"], metrics["train/diffusion_loss"], metrics["train/latent_loss"],
-                        metrics.get("train/samples_per_s", 0.0))
+                        "" if start is None else f", start {start:.4f}", metrics.get("train/samples_per_s", 0.0))
 
     def log_image(self, key: str, image, step: int, caption: str = "") -> None:
         """image: (H, W, 3) uint8."""
