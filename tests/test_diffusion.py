@@ -203,11 +203,18 @@ def test_strength_runs_the_last_steps_from_the_noised_blurry_latent(pipe, sample
     full = run(pipe, image, num_inference_steps=10, sampler=sampler, strength=1.0, return_intermediates=True)
     part = run(pipe, image, num_inference_steps=10, sampler=sampler, strength=0.3, return_intermediates=True)
     assert part.timesteps == full.timesteps[-3:]  # int(10 · 0.3) steps, the schedule's last ones
-    # From z_b the result stays close to the input; from pure noise (2 steps) the untrained-ish model does not.
+    # From z_b the result stays close to the input; from pure noise (2 steps) the untrained-ish model does not
+    # (without the tiny preset's anchor on ẑ: the paper's UNet output, as converted models run).
+    paper = DeblurDiffPipeline(**pipe.components, preset="tiny", trainable_components=pipe.config.trainable_components,
+                               blurry_range=pipe.config.blurry_range, z_hat_anchor=False)
+    paper.set_progress_bar_config(disable=True)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-    low = run(pipe, image, num_inference_steps=10, sampler=sampler, strength=0.1, output_type="pt").images
-    noise = run(pipe, image, num_inference_steps=2, sampler=sampler, output_type="pt").images
+    low = run(paper, image, num_inference_steps=10, sampler=sampler, strength=0.1, output_type="pt").images
+    noise = run(paper, image, num_inference_steps=2, sampler=sampler, output_type="pt").images
     assert (low - x).abs().mean() < 0.5 * (noise - x).abs().mean()
+    # With the anchor, what the untrained UNet adds to ẑ is small even from pure noise.
+    anchored = run(pipe, image, num_inference_steps=2, sampler=sampler, output_type="pt").images
+    assert (anchored - x).abs().mean() < 0.5 * (noise - x).abs().mean()
 
 
 def test_recorded_sampling_is_the_default_and_arguments_override_it(tmp_path):
