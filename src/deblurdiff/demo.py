@@ -3,7 +3,7 @@
 On a local Ray instance, tiny preset, CPU, nothing downloaded:
 
 1. synthesise pairs from scikit-image's bundled photos with the ``small-shake`` recipe (camera shake
-   7–19 px, mild defocus, noise, JPEG: a blur the tiny model's 5×5 kernels can undo on 64 px crops;
+   7–19 px, mild defocus, noise, JPEG: a blur within reach of the tiny model's 5×5 kernels on 64 px crops;
    ``realistic`` draws shake up to 127 px, wider than the crop) — training pairs from some photos,
    validation pairs from others, at least 8 held-out pairs from yet others;
 2. train with Ray Train + DeepSpeed (2 workers) for a few minutes, ``configs/tiny.yaml`` (the packaged
