@@ -156,7 +156,7 @@ def test_shard_builder_on_cuda_matches_cpu(messy_corpus, tmp_path):
         out.prepare()
         builder = ShardBuilder(recipe=load_recipe("clean-motion"), crop=CROP, crops_per_image=2, seed=0, output=out,
                                filesystems=corpus.filesystems, batch_size=4, device=device, threads=1)
-        assert builder.build(plan)["samples"] == 4
+        assert builder.build(plan).samples == 4
         with tarfile.open(tmp_path / device / plan.name) as tar:
             blurs[device] = {m.name: read_png(tar.extractfile(m).read()) for m in tar if m.name.endswith(".png")}
     assert blurs["cpu"].keys() == blurs["cuda"].keys()

@@ -45,3 +45,16 @@ def test_written_shard_reads_back_sample_by_sample(tmp_path):
 
 def test_equal_samples_encode_to_equal_bytes():
     assert _members(3) == _members(3)
+
+
+def test_a_shard_record_crosses_from_actor_to_driver_as_json_unchanged():
+    from deblurdiff.pipelines.sources import Skipped
+    from deblurdiff.pipelines.synth import ShardRecord
+
+    record = ShardRecord("shard-000003.tar", 7, [Skipped("s3://bucket/caf\\xe9.png", "cannot decode: truncated")],
+                         node="abc123", wall_s={"read_decode": 0.5}, cpu_s={"read_decode": 0.25},
+                         started_at=10.0, finished_at=12.5)
+    back = ShardRecord.from_json(record.to_json())
+    assert back == record and isinstance(back.skipped[0], Skipped)
+    kept = ShardRecord.from_json(ShardRecord("shard-000000.tar", 0).to_json())  # a kept shard: no timings
+    assert kept.skipped == [] and kept.wall_s is None and kept.node is None

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -35,21 +35,46 @@ from deblurdiff.imageio import ImageDecodeError
 from deblurdiff.pipelines._pool import ActorPool, size_pool
 from deblurdiff.pipelines.plan import ShardPlan, plan_digest, plan_shards, sample_key, sample_seed
 from deblurdiff.pipelines.sink import MANIFEST, OutputDir
-from deblurdiff.pipelines.sources import Corpus, list_sources, read_source, resolve_filesystem
+from deblurdiff.pipelines.sources import Corpus, Skipped, list_sources, read_source, resolve_filesystem
 from deblurdiff.pipelines.stages import decode_crops, encode_sample, synthesize_crops
 
-__all__ = ["run_synth", "plan_synth", "SynthJob", "SynthSummary", "ShardBuilder"]
+__all__ = ["run_synth", "plan_synth", "SynthJob", "SynthSummary", "ShardBuilder", "ShardRecord"]
 
 logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "deblurdiff.synth/1"
+
+
+# ----------------------------------------------------------------------------- the shard record
+@dataclass
+class ShardRecord:
+    """What one shard contributes to ``manifest.json``: built by an actor (sent to the driver as JSON)
+    or, on ``--resume``, kept from the earlier run."""
+
+    name: str
+    samples: int
+    skipped: list[Skipped] = field(default_factory=list)  # sources of this shard that gave no sample
+    node: str | None = None  # the Ray node id that built it (None: not known, e.g. recovered on resume)
+    # Only for shards built by this run: per-stage seconds ({stage: s}) and the build's wall-clock span.
+    wall_s: dict[str, float] | None = None
+    cpu_s: dict[str, float] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardRecord":
+        fields = json.loads(text)
+        return cls(**{**fields, "skipped": [Skipped(**item) for item in fields["skipped"]]})
 
 
 # ----------------------------------------------------------------------------- the actor
 class ShardBuilder:
     """Ray Data actor (``map_batches`` callable class): builds the shards named by its input rows.
 
-    Input rows: ``{"plan": ShardPlan JSON}``. Output rows: ``{"record": JSON}`` — the shard's name,
-    sample count, skipped sources with reasons, node id, per-stage wall and CPU seconds.
+    Input rows: ``{"plan": ShardPlan JSON}``. Output rows: ``{"record": ShardRecord JSON}`` — the
+    shard's name, sample count, skipped sources with reasons, node id, per-stage wall and CPU seconds.
     """
 
     def __init__(self, *, recipe, crop: int, crops_per_image: int, seed: int, output: OutputDir,
@@ -63,14 +88,14 @@ class ShardBuilder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [self.build(ShardPlan.from_json(str(text))) for text in batch["plan"]]
-        return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
+        return {"record": np.array([r.to_json() for r in records], dtype=object)}
 
-    def build(self, plan: ShardPlan) -> dict:
+    def build(self, plan: ShardPlan) -> ShardRecord:
         import ray
 
         timings = _Timings()
         started_at = time.time()
-        skipped: list[dict] = []
+        skipped: list[Skipped] = []
         writer = self.output.shard_writer(plan.name)
         pending: list[tuple] = []  # (sample index, source, Crop), flushed every batch_size samples
         try:
@@ -80,7 +105,7 @@ class ShardBuilder:
                         data = read_source(source, self.filesystems)
                         crops = decode_crops(data, source.key, [i % self.n for i in indices], self.crop, self.seed)
                     except ImageDecodeError as exc:
-                        skipped.append({"path": source.uri, "reason": str(exc)})
+                        skipped.append(Skipped(source.uri, str(exc)))
                         crops = []
                 for index, crop in zip(indices, crops):
                     pending.append((index, source, crop))
@@ -88,10 +113,10 @@ class ShardBuilder:
                         self._flush(pending, writer, timings)
             self._flush(pending, writer, timings)
             writer.commit()  # renamed: complete under its final name, or not there at all
-            record = {"name": plan.name, "samples": writer.samples, "skipped": skipped,
-                      "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
-                      **timings.to_dict(),
-                      "started_at": started_at, "finished_at": time.time()}
+            record = ShardRecord(plan.name, writer.samples, skipped,
+                                 node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+                                 wall_s=timings.wall, cpu_s=timings.cpu, started_at=started_at,
+                                 finished_at=time.time())
         except BaseException:
             writer.abort()
             raise
@@ -139,9 +164,6 @@ class _Timings:
         finally:
             self.wall[stage] += time.perf_counter() - w
             self.cpu[stage] += time.thread_time() - c
-
-    def to_dict(self) -> dict:
-        return {"wall_s": self.wall, "cpu_s": self.cpu}
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -209,7 +231,7 @@ class SynthJob:
     corpus: Corpus
     plans: list[ShardPlan]
     settings: dict  # recipe, crop, crops_per_image, seed, shard_size, plan_digest, sources
-    done: dict[str, dict]  # shards already complete (resume): name -> record
+    done: dict[str, ShardRecord]  # shards already complete (resume), by name
     workers: int | None = None  # synthesis actors (None: one per CPU, or per GPU)
 
     @property
@@ -234,7 +256,7 @@ class SynthJob:
                                         crops_per_image=self.crops_per_image, seed=self.seed, output=out,
                                         filesystems=self.corpus.filesystems, batch_size=self.batch_size):
                 manifest.add(record)
-                logger.info("%s: %d samples, %d skipped", record["name"], record["samples"], len(record["skipped"]))
+                logger.info("%s: %d samples, %d skipped", record.name, record.samples, len(record.skipped))
                 if time.monotonic() - last_write > 5.0:  # keep the manifest current, cheaply
                     out.write_manifest(manifest.to_dict(status="running"))
                     last_write = time.monotonic()
@@ -315,29 +337,29 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
 
 
 # ----------------------------------------------------------------------------- resume
-def _kept_records(job: SynthJob, previous: dict) -> dict[str, dict]:
+def _kept_records(job: SynthJob, previous: dict) -> dict[str, ShardRecord]:
     """Records of the planned shards already in OUTPUT (final names are complete by construction):
     from the previous manifest, or, for shards it missed (a crash between rename and manifest
     update), from the shard's own keys."""
     present = set(job.output.shards())
     known = {s["name"]: s for s in previous.get("shards", [])}
-    skipped_in: dict[str, list[dict]] = {}
+    skipped_in: dict[str, list[Skipped]] = {}
     for item in previous.get("skipped", []):
         for shard in item.get("shards", []):
-            skipped_in.setdefault(shard, []).append({"path": item["path"], "reason": item["reason"]})
+            skipped_in.setdefault(shard, []).append(Skipped(item["path"], item["reason"]))
     records = {}
     for plan in job.plans:
         if plan.name not in present:
             continue
         if plan.name in known:
-            records[plan.name] = {"name": plan.name, "samples": known[plan.name]["samples"],
-                                  "node": known[plan.name].get("node"), "skipped": skipped_in.get(plan.name, [])}
+            records[plan.name] = ShardRecord(plan.name, known[plan.name]["samples"], skipped_in.get(plan.name, []),
+                                             node=known[plan.name].get("node"))
         else:
             records[plan.name] = _recover_record(job, plan)
     return records
 
 
-def _recover_record(job: SynthJob, plan: ShardPlan) -> dict:
+def _recover_record(job: SynthJob, plan: ShardPlan) -> ShardRecord:
     """Count a shard's samples from its headers; sources with no sample there were skipped: decode
     them again (a few, on the driver) to recover the reason."""
     keys = job.output.shard_keys(plan.name)
@@ -350,8 +372,8 @@ def _recover_record(job: SynthJob, plan: ShardPlan) -> dict:
                 reason = "gave no sample in the interrupted run"
             except ImageDecodeError as exc:
                 reason = str(exc)
-            skipped.append({"path": source.uri, "reason": reason})
-    return {"name": plan.name, "samples": len(keys), "node": None, "skipped": skipped}
+            skipped.append(Skipped(source.uri, reason))
+    return ShardRecord(plan.name, len(keys), skipped)
 
 
 # ----------------------------------------------------------------------------- building and reporting
@@ -372,7 +394,7 @@ def _build_shards(todo: list[ShardPlan], pool: ActorPool, **builder_kwargs):
     # hanging. Set on this dataset's own context, not the process-wide one.
     ds.context.wait_for_min_actors_s = 600
     for row in ds.iter_rows():
-        yield json.loads(row["record"])
+        yield ShardRecord.from_json(row["record"])
 
 
 class _Manifest:
@@ -380,16 +402,16 @@ class _Manifest:
 
     def __init__(self, job: SynthJob, written: set[str]):
         self.job, self.written = job, written
-        self.records: dict[str, dict] = dict(job.done)
+        self.records: dict[str, ShardRecord] = dict(job.done)
 
-    def add(self, record: dict) -> None:
-        self.records[record["name"]] = record
+    def add(self, record: ShardRecord) -> None:
+        self.records[record.name] = record
 
     def _skipped(self) -> dict[str, dict]:
         skipped = {s.path: {"path": s.path, "reason": s.reason, "shards": []} for s in self.job.corpus.skipped}
         for name in sorted(self.records):
-            for item in self.records[name]["skipped"]:  # a source may straddle two shards
-                entry = skipped.setdefault(item["path"], {"path": item["path"], "reason": item["reason"], "shards": []})
+            for item in self.records[name].skipped:  # a source may straddle two shards
+                entry = skipped.setdefault(item.path, {"path": item.path, "reason": item.reason, "shards": []})
                 entry["shards"].append(name)
         return skipped
 
@@ -399,16 +421,16 @@ class _Manifest:
         for record in new:
             for kind, stages in timings.items():
                 for stage in stages:
-                    stages[stage] += record[kind][stage]
-        return SynthSummary(output=self.job.output.uri, samples=sum(r["samples"] for r in self.records.values()),
+                    stages[stage] += getattr(record, kind)[stage]
+        return SynthSummary(output=self.job.output.uri, samples=sum(r.samples for r in self.records.values()),
                             shards=len(self.records), shards_written=len(new), skipped=len(self._skipped()),
-                            elapsed_s=elapsed, samples_written=sum(r["samples"] for r in new),
-                            span_s=(max(r["finished_at"] for r in new) - min(r["started_at"] for r in new)) if new else 0.0,
-                            nodes=sorted({r["node"] for r in new if r.get("node")}), timings=timings)
+                            elapsed_s=elapsed, samples_written=sum(r.samples for r in new),
+                            span_s=(max(r.finished_at for r in new) - min(r.started_at for r in new)) if new else 0.0,
+                            nodes=sorted({r.node for r in new if r.node}), timings=timings)
 
     def to_dict(self, status: str, summary: SynthSummary | None = None) -> dict:
         settings = self.job.settings
-        shards = [{"name": p.name, "samples": self.records[p.name]["samples"], "node": self.records[p.name].get("node")}
+        shards = [{"name": p.name, "samples": self.records[p.name].samples, "node": self.records[p.name].node}
                   for p in self.job.plans if p.name in self.records]
         skipped = self._skipped()
         manifest = {
