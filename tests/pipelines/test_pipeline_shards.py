@@ -147,6 +147,27 @@ def test_resume_rebuilds_only_missing_shards(runs, messy_corpus, tmp_path):
     assert resumed["last_run"]["shards_written"] == 1 and resumed["status"] == "complete"
 
 
+@pytest.mark.parametrize("damage", ["{\"shards\": [{\"name\": 3}]", "[1, 2]", "{\"shards\": \"all\"}"])
+def test_resume_over_a_torn_or_foreign_manifest_keeps_the_shards(runs, messy_corpus, tmp_path, caplog, damage):
+    """A manifest.json that is cut short, or JSON that is not a synth manifest: --resume warns, keeps every
+    complete shard and recovers their records from the shards themselves."""
+    from deblurdiff.pipelines import run_synth
+
+    original, _ = runs["w1"]
+    out = tmp_path / "resumed"
+    shutil.copytree(original, out)
+    (out / "shard-000002.tar").unlink()
+    (out / "manifest.json").write_text(damage)
+    with caplog.at_level("WARNING", logger="deblurdiff.pipelines.synth"):
+        summary = run_synth([str(messy_corpus.root)], str(out), workers=1, resume=True, **SETTINGS)
+    assert "no usable manifest.json" in caplog.text
+    assert summary.shards_written == 1
+    for p in original.glob("shard-*.tar"):
+        assert (out / p.name).read_bytes() == p.read_bytes()
+    resumed, first = _manifest(out), _manifest(original)
+    assert resumed["totals"] == first["totals"] and resumed["skipped"] == first["skipped"]
+
+
 def test_any_fsspec_filesystem_for_inputs_and_output(ray_cluster, messy_corpus, tmp_path):
     """The pyarrow-wrapped fsspec path (what s3fs/gcsfs use), with URIs on both sides."""
     import fsspec

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deblurdiff.errors import UsageError
 from deblurdiff.imageio import ImageDecodeError
@@ -67,6 +68,35 @@ class ShardRecord:
     def from_json(cls, text: str) -> "ShardRecord":
         fields = json.loads(text)
         return cls(**{**fields, "skipped": [Skipped(**item) for item in fields["skipped"]]})
+
+
+class _ManifestShard(BaseModel):
+    name: str
+    samples: int = Field(ge=0)
+    node: str | None = None
+
+
+class _ManifestSkipped(BaseModel):
+    path: str
+    reason: str
+    shards: list[str] = []
+
+
+class EarlierManifest(BaseModel):
+    """What ``--resume`` reads from an earlier run's ``manifest.json`` (written by ``_Manifest``; other
+    keys are ignored). A file that does not validate is treated like a torn one: shards are kept and
+    their records recovered from the shards themselves."""
+
+    model_config = ConfigDict(extra="ignore")
+    recipe: dict | None = None  # {"name", "hash"}
+    crop: int | None = None
+    crops_per_image: int | None = None
+    seed: int | None = None
+    shard_size: int | None = None
+    plan_digest: str | None = None
+    totals: dict = {}
+    shards: list[_ManifestShard] = []
+    skipped: list[_ManifestSkipped] = []
 
 
 # ----------------------------------------------------------------------------- the actor
@@ -194,16 +224,32 @@ _SETTINGS = {"recipe": "--recipe", "crop": "--crop", "crops_per_image": "--crops
              "shard_size": "--shard-size"}
 
 
-def _check_resume(previous: dict, current: dict, output: str) -> None:
+def _check_resume(previous: EarlierManifest, current: dict, output: str) -> None:
     """A resumed run must plan the same shards: same settings, same inputs."""
     for key, flag in _SETTINGS.items():
-        if previous.get(key) != current[key]:
-            raise UsageError(f"--resume: {output} was started with {flag} {_show(previous.get(key))}, "
+        if getattr(previous, key) != current[key]:
+            raise UsageError(f"--resume: {output} was started with {flag} {_show(getattr(previous, key))}, "
                              f"now {_show(current[key])}; use the same settings or a new --output")
-    if previous.get("plan_digest") != current["plan_digest"]:
+    if previous.plan_digest != current["plan_digest"]:
         raise UsageError(f"--resume: the --input sources changed since {output} was started "
-                         f"({previous.get('totals', {}).get('sources')} then, {current['sources']} now); "
+                         f"({previous.totals.get('sources')} then, {current['sources']} now); "
                          f"use a new --output")
+
+
+def _read_earlier_manifest(out: OutputDir, output: str) -> EarlierManifest | None:
+    """The earlier run's manifest, typed; None (with a warning) when it is missing, torn or not one."""
+    from deblurdiff.config import describe_validation_error
+
+    raw = out.read_manifest()
+    why = "none is readable"
+    if raw is not None:
+        try:
+            return EarlierManifest.model_validate(raw)
+        except ValidationError as exc:
+            why = describe_validation_error(exc, MANIFEST)
+    logger.warning("--resume: %s has shards but no usable %s (%s); keeping the shards as they are", output,
+                   MANIFEST, why)
+    return None
 
 
 def _show(value) -> str:
@@ -309,13 +355,10 @@ def plan_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int 
         if not resume:
             raise UsageError(f"--output {output}: already holds a synth run (shards or {MANIFEST}); "
                              f"pass --resume to finish it, or choose an empty directory")
-        previous = out.read_manifest()
+        previous = _read_earlier_manifest(out, str(output))
         if previous is not None:
             _check_resume(previous, settings, str(output))
-        else:
-            logger.warning("--resume: %s has shards but no readable %s; keeping the shards as they are",
-                           output, MANIFEST)
-        job.done = _kept_records(job, previous or {})
+        job.done = _kept_records(job, previous or EarlierManifest())
     return job
 
 
@@ -337,23 +380,23 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
 
 
 # ----------------------------------------------------------------------------- resume
-def _kept_records(job: SynthJob, previous: dict) -> dict[str, ShardRecord]:
+def _kept_records(job: SynthJob, previous: EarlierManifest) -> dict[str, ShardRecord]:
     """Records of the planned shards already in OUTPUT (final names are complete by construction):
     from the previous manifest, or, for shards it missed (a crash between rename and manifest
     update), from the shard's own keys."""
     present = set(job.output.shards())
-    known = {s["name"]: s for s in previous.get("shards", [])}
+    known = {s.name: s for s in previous.shards}
     skipped_in: dict[str, list[Skipped]] = {}
-    for item in previous.get("skipped", []):
-        for shard in item.get("shards", []):
-            skipped_in.setdefault(shard, []).append(Skipped(item["path"], item["reason"]))
+    for item in previous.skipped:
+        for shard in item.shards:
+            skipped_in.setdefault(shard, []).append(Skipped(item.path, item.reason))
     records = {}
     for plan in job.plans:
         if plan.name not in present:
             continue
         if plan.name in known:
-            records[plan.name] = ShardRecord(plan.name, known[plan.name]["samples"], skipped_in.get(plan.name, []),
-                                             node=known[plan.name].get("node"))
+            records[plan.name] = ShardRecord(plan.name, known[plan.name].samples, skipped_in.get(plan.name, []),
+                                             node=known[plan.name].node)
         else:
             records[plan.name] = _recover_record(job, plan)
     return records
