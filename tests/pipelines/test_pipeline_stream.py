@@ -82,3 +82,25 @@ def test_bad_data_settings_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no .tar shards"):
         training_dataset(shards=str(tmp_path))
 
+
+
+@pytest.mark.integration
+def test_a_sample_missing_an_image_is_skipped_not_fatal(shards, tmp_path):
+    """A shard whose first sample lost its blur.png (a hand-edited or foreign tar): the training stream
+    reads every other pair of it (the one shard reader, as eval does)."""
+    import io
+    import tarfile
+
+    from deblurdiff.pipelines import training_dataset
+
+    source = sorted(shards.glob("shard-*.tar"))[0]
+    damaged = tmp_path / "shard-000000.tar"
+    with tarfile.open(source) as src, tarfile.open(damaged, "w") as dst:
+        members = [m for m in src.getmembers() if m.isfile()]
+        first_key = members[0].name.split(".", 1)[0]
+        for m in members:
+            if m.name != f"{first_key}.blur.png":
+                dst.addfile(m, io.BytesIO(src.extractfile(m).read()))
+    keys = {m.name.split(".", 1)[0] for m in members}
+    pairs = _pairs(training_dataset(shards=str(damaged)))
+    assert len(pairs) == len(keys) - 1 >= 1

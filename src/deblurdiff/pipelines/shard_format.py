@@ -7,8 +7,8 @@ A shard is a WebDataset tar; each sample is the consecutive members ``{key}.blur
     for sample in iter_samples(open("shard-000000.tar", "rb")):  # eval, synth --resume
         sample.key, sample.members[SHARP], sample.members[BLUR]
 
-The training stream reads the same members through ``ray.data.read_webdataset`` (parallel reads
-over the cluster), naming them with the constants below.
+The training stream reads shards through this reader too, inside a Ray Data datasource
+(``_pair_shards.PairShards``: parallel reads over the cluster).
 """
 
 from __future__ import annotations

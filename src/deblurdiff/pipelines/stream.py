@@ -100,11 +100,11 @@ def list_shards(paths: list[str], filesystem=None) -> tuple[list[str], object]:
 def _from_shards(paths: list[str], *, crop, seed, filesystem, num_cpus):
     import ray.data
 
+    from deblurdiff.pipelines._pair_shards import PairShards
+
     tars, fs = list_shards(paths, filesystem)
-    # decoder=None: members stay raw bytes (Ray's default decoder would decode PNG with Pillow
-    # but not our way); only the two images are needed.
-    ds = ray.data.read_webdataset(tars, filesystem=fs, decoder=None, suffixes=[SHARP, BLUR],
-                                  num_cpus=num_cpus)
+    # Raw PNG bytes through the project's one shard reader (the members eval and synth --resume read).
+    ds = ray.data.read_datasource(PairShards(tars, filesystem=fs), num_cpus=num_cpus)
     return ds.map_batches(_DecodePairs, fn_constructor_kwargs={"crop": crop, "seed": seed}, batch_size=16,
                           batch_format="numpy", num_cpus=num_cpus)
 
