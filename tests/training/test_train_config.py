@@ -130,7 +130,7 @@ def test_cli_config_error_exits_2_with_the_dotted_key(cli, tmp_path):
 
 def test_cli_bad_workers_and_missing_config_exit_2(cli, tmp_path):
     proc = cli("train", "--config", str(REPO / "configs" / "tiny.yaml"), "--workers", "0", timeout=120)
-    assert proc.returncode == 2 and "--workers" in proc.stderr
+    assert proc.returncode == 2 and "scaling.workers" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = cli("train", "--config", str(tmp_path / "nope.yaml"), timeout=120)
     assert proc.returncode == 2 and "nope.yaml" in proc.stderr
 

@@ -32,13 +32,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deblurdiff.config import load_config
-    from deblurdiff.errors import UsageError
     from deblurdiff.training.config import TrainConfig, check_config
 
     overrides = list(args.overrides)
-    if args.workers is not None:
-        if args.workers < 1:
-            raise UsageError(f"--workers {args.workers}: expected an integer >= 1")
+    if args.workers is not None:  # checked once, by the config schema (its error names scaling.workers)
         overrides.append(f"scaling.workers={args.workers}")
     cfg = check_config(load_config(args.config, TrainConfig, overrides))
 
