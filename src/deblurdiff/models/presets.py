@@ -81,8 +81,9 @@ def tiny(base_model: str | None = None, random_init: bool = True,
       PSNR 16.7 dB with v against 14.1 dB with eps.
     - ``z_hat_anchor``: the UNet's output corrects the v that makes x0 = ẑ (``predict_noise``), so what
       the from-scratch diffusion branch has not learned leaves the LKPN's estimate, not noise. Measured
-      (single process, 300 steps, the demo's pairs, dpmpp 10 steps, held-out): strength 0.1 24.96 →
-      28.08 dB, from pure noise 19.95 → 25.83 dB (benchmarks/RESULTS.md, "Demo restoration").
+      with the start loss (``train.start_latent_weight``; single process, 300 steps, the demo's pairs,
+      dpmpp 10 steps, held-out): strength 0.1 24.96 → 28.08 dB, from pure noise 19.95 → 25.83 dB
+      (benchmarks/RESULTS.md, "Demo restoration").
     - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
       its UNet is a pretrained Stable Diffusion; no pretrained tiny UNet exists, and a frozen random
       one predicts nothing useful, so the tiny preset trains its UNet too.
