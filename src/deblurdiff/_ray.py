@@ -30,8 +30,24 @@ def connect(address: str | None = None, *, dashboard: bool = False, **init_kwarg
         address = "local"
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         init_kwargs["include_dashboard"] = dashboard
+        if dashboard:
+            # Ray's state API finds the dashboard through /tmp/ray/ray_current_cluster, which may name
+            # another (even a dead) cluster on this machine: Ray Train's PlacementGroupCleaner then
+            # times out with a traceback. Name ours; the processes this instance starts inherit it.
+            port = free_port()
+            init_kwargs.update(dashboard_host="127.0.0.1", dashboard_port=port)
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     logger.info("connecting to Ray at %s", address)
     return ray.init(address=address, **init_kwargs)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def cluster_cpus() -> int:

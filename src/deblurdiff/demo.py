@@ -116,7 +116,7 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
     import ray
     import torch
 
-    from deblurdiff._ray import connect
+    from deblurdiff._ray import connect, free_port
     from deblurdiff.evaluation import choose_sampling, evaluate, score_sampling
     from deblurdiff.imageio import decode_rgb, encode_image, read_rgb
     from deblurdiff.model_dir import load_pipeline, record_sampling
@@ -176,7 +176,7 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
     with _timed(timings, "serve_one_request"):
         # Ray is already up (step 0), so the runner deploys onto it and stop() shuts Serve down.
         runner = ServeRunner({"model": str(model_dir), "min_replicas": 1, "max_replicas": 1},
-                             host="127.0.0.1", port=port or _free_port())
+                             host="127.0.0.1", port=port or free_port())
         url = runner.start()
         try:
             status, headers, body = _post_image(url + "v1/deblur?format=png&seed=0", encode_image(clock_rgb, "png"))
@@ -226,14 +226,6 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
     ray.shutdown()  # the local instance started in step 0
     _print_summary(report, output)
     return report
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _print_summary(report: dict, output: Path) -> None:
