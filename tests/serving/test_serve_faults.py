@@ -160,6 +160,7 @@ def test_sigkilled_model_replica_under_load_answers_200_or_json_503_504_and_reco
     victim = _model_replica_pid()
     stop = time.monotonic() + 25  # clients keep sending for this long
     outcomes: list[tuple[int, str, float, bytes]] = []
+    spans: list[tuple[float, float]] = []  # (sent, answered) per request, time.monotonic()
 
     def client() -> None:
         while time.monotonic() < stop:
@@ -170,10 +171,12 @@ def test_sigkilled_model_replica_under_load_answers_200_or_json_503_504_and_reco
                                  r.content))
             except requests.RequestException as exc:  # a reset or a hang: never acceptable
                 outcomes.append((0, type(exc).__name__, time.monotonic() - start, b""))
+            spans.append((start, time.monotonic()))
 
     with cf.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(client) for _ in range(8)]
         time.sleep(4)  # requests in flight, some batched
+        killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         for f in futures:
             f.result()
@@ -183,7 +186,10 @@ def test_sigkilled_model_replica_under_load_answers_200_or_json_503_504_and_reco
         assert seconds < REQUEST_TIMEOUT_S + 30
         if status != 200:
             assert_json_error(status, content_type, content, status, json.loads(content)["error"]["code"])
-    assert any(o[0] in (503, 504) for o in outcomes), "the kill was not seen by any request"
+    # The kill landed under load: requests were in flight across it. Whether any of them saw a 503/504
+    # is Serve's choice (it may retry an in-flight request on the new replica), so it is not asserted.
+    in_flight = sum(sent < killed_at < answered for sent, answered in spans)
+    assert in_flight >= 1, "no request was in flight when the replica was killed"
     # Recovery: Serve replaces the replica and the same request succeeds again.
     deadline = time.monotonic() + 180
     while True:
