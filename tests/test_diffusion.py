@@ -118,8 +118,16 @@ def test_intermediates_per_step(pipe):
     assert len(out.z_hat) == len(out.kernels) == len(out.timesteps) == steps
     assert out.z_hat[0].shape == (1, 3, 22, 26) and out.kernels[0].shape == (1, 75, 22, 26)
     assert out.timesteps[0] > out.timesteps[-1]
-    # Iterative refinement: the kernels change with x_t from step to step.
-    assert not torch.allclose(out.kernels[0], out.kernels[-1])
+    # The tiny LKPN reads z_b alone (reads_x_t=False): its kernels are the same at every step.
+    assert not pipe.lkpn.config.reads_x_t
+    torch.testing.assert_close(out.kernels[0], out.kernels[-1], rtol=0, atol=0)
+    # An LKPN that reads x_t (the paper's iterative refinement) changes them from step to step.
+    pipe.lkpn.register_to_config(reads_x_t=True)
+    try:
+        refined = run(pipe, photo(22, 26), num_inference_steps=steps, sampler="dpmpp", return_intermediates=True)
+    finally:
+        pipe.lkpn.register_to_config(reads_x_t=False)
+    assert not torch.allclose(refined.kernels[0], refined.kernels[-1])
 
 
 def test_untrained_lkpn_gives_z_blur(tmp_path):

@@ -72,3 +72,25 @@ def test_zero_sum_kernels_only_sharpen():
                                rtol=0, atol=1e-5)
     # Away from the zero-padded border a flat latent stays exactly as bright as it was.
     torch.testing.assert_close(out.z_hat[..., 2:-2, 2:-2], flat[..., 2:-2, 2:-2], rtol=0, atol=1e-5)
+
+
+def test_an_lkpn_that_does_not_read_x_t_deblurs_z_b_alone_the_same_at_every_step(tmp_path):
+    """``reads_x_t=False`` (the tiny preset): ẑ depends on z_b only, so the sampler's noisy x_t and its
+    timestep cannot change it; the option survives save/load."""
+    torch.manual_seed(0)
+    lkpn = LKPN(latent_channels=3, kernel_size=5, block_out_channels=(16, 32),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+                attention_heads=2, cross_attention_dim=8, norm_num_groups=8, reads_x_t=False)
+    torch.nn.init.normal_(lkpn.unet.conv_out.weight, std=0.05)
+    z_b, x_t, t, ctx = inputs()
+    out = lkpn(z_b, x_t, t, ctx)
+    assert not torch.equal(out.z_hat, z_b)  # it does deblur (a trained-looking head)
+    torch.testing.assert_close(lkpn(z_b, torch.randn_like(x_t), torch.tensor([999, 0]), ctx).z_hat, out.z_hat,
+                               rtol=0, atol=0)
+    # What it reads instead: z_b in x_t's place, at t = 0.
+    lkpn.register_to_config(reads_x_t=True)
+    torch.testing.assert_close(lkpn(z_b, z_b, torch.tensor([0, 0]), ctx).z_hat, out.z_hat, rtol=0, atol=0)
+    lkpn.register_to_config(reads_x_t=False)
+    lkpn.save_pretrained(tmp_path)
+    assert LKPN.from_pretrained(tmp_path).config.reads_x_t is False

@@ -42,6 +42,12 @@ class LKPN(ModelMixin, ConfigMixin):
     brightness of z_b. A freshly trained small LKPN otherwise spends its first minutes on noisy
     per-pixel gains (Σ K ≠ 0) that fit the training photos' brightness and hurt on new ones.
 
+    ``reads_x_t`` (on in the paper; off in the tiny preset): off, the LKPN ignores the sampler's x_t and
+    timestep and always reads ``cat([z_b, z_b])`` at t = 0, so ẑ is one blind deblurring of z_b, the
+    same at every step. Co-trained on x_t noised from the *sharp* z_0, a small LKPN learns to take its
+    kernels from a nearly clean x_t, then meets x_t noised from the blurry estimate at inference and
+    makes ẑ worse than z_b (benchmarks/RESULTS.md, "Demo restoration, third round").
+
     ``attention_window`` (None: global attention; 64: the release) makes every attention block attend
     within overlapping windows of ``attention_window >> level`` feature px (see ``models.windows``).
     """
@@ -66,6 +72,7 @@ class LKPN(ModelMixin, ConfigMixin):
         zero_sum_kernels: bool = False,
         transformer_layers_per_block: int = 1,
         attention_window: int | None = None,
+        reads_x_t: bool = True,
     ):
         super().__init__()
         if kernel_size % 2 != 1:
@@ -103,6 +110,8 @@ class LKPN(ModelMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> LKPNOutput | tuple[torch.Tensor, torch.Tensor]:
         """z_blur = z_b and x_t: (B, C, h, w); encoder_hidden_states: (B, L, D)."""
+        if not self.config.reads_x_t:  # blind: z_b alone, at t = 0 (see the class doc)
+            x_t, timestep = z_blur, torch.zeros(z_blur.shape[0], dtype=torch.long, device=z_blur.device)
         kernels = self.unet(  # (B, C·k², h, w)
             torch.cat([z_blur, x_t], dim=1), timestep, encoder_hidden_states=encoder_hidden_states
         ).sample

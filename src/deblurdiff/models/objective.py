@@ -151,7 +151,9 @@ def training_step(
     target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
     terms = deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
     if start_weight > 0:
-        z_start = lkpn(z_blur, z_blur, timesteps, context).z_hat
+        # An LKPN that does not read x_t already made its estimate from z_b alone: no second pass.
+        reads_x_t = getattr(getattr(lkpn, "config", None), "reads_x_t", True)
+        z_start = lkpn(z_blur, z_blur, timesteps, context).z_hat if reads_x_t else pred.z_hat
         terms.start_latent_loss = F.mse_loss(z_start.float(), z_0.float())
         terms.loss = terms.loss + start_weight * terms.start_latent_loss
     return terms

@@ -101,7 +101,8 @@ def tiny(base_model: str | None = None, random_init: bool = True,
         vae = ExactAutoencoder(scaling_factor=2.0)
         unet = UNet2DConditionModel(in_channels=c, out_channels=c, attention_head_dim=4, **levels)
         controlnet = LatentControlNet.from_unet(unet, conditioning_channels=2 * c)
-        lkpn = LKPN(latent_channels=c, kernel_size=k, attention_heads=4, zero_sum_kernels=True, **levels)
+        lkpn = LKPN(latent_channels=c, kernel_size=k, attention_heads=4, zero_sum_kernels=True, reads_x_t=False,
+                    **levels)
         # A fixed random "empty prompt" (there is no tiny text encoder): (1, 8 tokens, 32).
         null_text = NullTextEmbedding.from_tensor(torch.randn(1, 8, 32))
     return PipelineParts(vae, unet, controlnet, lkpn, null_text, ddpm_scheduler("v_prediction"),
