@@ -84,6 +84,10 @@ def tiny(base_model: str | None = None, random_init: bool = True,
       with the start loss (``train.start_latent_weight``; single process, 300 steps, the demo's pairs,
       dpmpp 10 steps, held-out): strength 0.1 24.96 → 28.08 dB, from pure noise 19.95 → 25.83 dB
       (benchmarks/RESULTS.md, "Demo restoration").
+    - ``reads_x_t=False`` LKPN: ẑ is a blind deblurring of z_b alone, the same at every step. Reading the
+      sampler's x_t, the co-trained LKPN took its kernels from x_t noised from the sharp z_0 and made ẑ
+      worse than z_b at inference; without it, held-out 27.82 → 28.79 dB (blurry 28.96; RESULTS.md,
+      "Demo restoration, third round").
     - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
       its UNet is a pretrained Stable Diffusion; no pretrained tiny UNet exists, and a frozen random
       one predicts nothing useful, so the tiny preset trains its UNet too.
