@@ -7,12 +7,12 @@ from deblurdiff.models import LKPN
 from deblurdiff.ops.reference import eac_reference
 
 
-def small_lkpn(latent_channels=3, kernel_size=5):
+def small_lkpn(latent_channels=3, kernel_size=5, **options):
     torch.manual_seed(0)
     return LKPN(latent_channels=latent_channels, kernel_size=kernel_size, block_out_channels=(16, 32),
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                attention_heads=2, cross_attention_dim=8, norm_num_groups=8)
+                attention_heads=2, cross_attention_dim=8, norm_num_groups=8, **options)
 
 
 def inputs(b=2, c=3, h=12, w=16):
@@ -77,11 +77,7 @@ def test_zero_sum_kernels_only_sharpen():
 def test_an_lkpn_that_does_not_read_x_t_deblurs_z_b_alone_the_same_at_every_step(tmp_path):
     """``reads_x_t=False`` (the tiny preset): ẑ depends on z_b only, so the sampler's noisy x_t and its
     timestep cannot change it; the option survives save/load."""
-    torch.manual_seed(0)
-    lkpn = LKPN(latent_channels=3, kernel_size=5, block_out_channels=(16, 32),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
-                attention_heads=2, cross_attention_dim=8, norm_num_groups=8, reads_x_t=False)
+    lkpn = small_lkpn(reads_x_t=False)
     torch.nn.init.normal_(lkpn.unet.conv_out.weight, std=0.05)
     z_b, x_t, t, ctx = inputs()
     out = lkpn(z_b, x_t, t, ctx)
