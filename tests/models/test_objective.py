@@ -131,3 +131,40 @@ def test_start_weight_adds_the_lkpn_estimate_from_z_b_alone():
     torch.testing.assert_close(with_start.start_latent_loss, expected)
     torch.testing.assert_close(with_start.loss, plain.loss + 0.5 * expected)
     assert with_start.as_floats()["start_latent_loss"] == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_x0_from_output_inverts_output_for_x0(prediction_type):
+    from deblurdiff.models import output_for_x0, x0_from_output
+
+    scheduler = ddpm_scheduler(prediction_type)
+    g = torch.Generator().manual_seed(2)
+    x0, x_t, t = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g), torch.tensor([3, 640])
+    torch.testing.assert_close(x0_from_output(scheduler, output_for_x0(scheduler, x0, x_t, t), x_t, t), x0,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_noise_from_estimate_trains_the_branch_on_noised_z_hat_in_x0_space():
+    """noise_from="estimate": x_t is noised from ẑ (what the sampler starts from at strength < 1) and the
+    diffusion loss is MSE(x0_pred, z_0). With the anchor, a silent UNet's x0 is ẑ itself, so the two
+    losses agree; a UNet that does predict moves the diffusion loss away from the latent loss."""
+    pipe = DeblurDiffPipeline.from_preset("tiny")
+    torch.nn.init.normal_(pipe.lkpn.unet.conv_out.weight, std=0.01)  # ẑ ≠ z_b
+    z_0, z_b, noise, _ = batch(pipe)
+    t = torch.tensor([40, 250])
+    context = pipe.null_text_embedding(2)
+    args = (pipe.unet, pipe.controlnet, pipe.lkpn, pipe.scheduler, z_0, z_b, noise, t, context)
+    predicting = training_step(*args, z_hat_anchor=True, noise_from="estimate")
+    predicting.loss.backward()
+    assert pipe.lkpn.unet.conv_out.weight.grad.abs().sum() > 0  # the latent loss trains the LKPN
+    assert pipe.unet.conv_out.weight.grad.abs().sum() > 0  # the x0 loss trains the diffusion branch
+    torch.nn.init.zeros_(pipe.unet.conv_out.weight)
+    torch.nn.init.zeros_(pipe.unet.conv_out.bias)
+    with torch.no_grad():
+        silent = training_step(*args, z_hat_anchor=True, noise_from="estimate")
+        expected = F.mse_loss(pipe.lkpn(z_b, z_b, t, context).z_hat, z_0)
+    torch.testing.assert_close(silent.latent_loss, expected)
+    torch.testing.assert_close(silent.diffusion_loss, expected, rtol=1e-4, atol=1e-6)
+    assert abs(predicting.diffusion_loss.item() - expected.item()) > 1e-4
+    with pytest.raises(ValueError, match="noise_from"):
+        training_step(*args, noise_from="blurry")

@@ -14,6 +14,7 @@ from deblurdiff.models.objective import (
     output_for_x0,
     predict_noise,
     training_step,
+    x0_from_output,
 )
 from deblurdiff.models.presets import COMPONENTS, PRESETS, PipelineParts, ddpm_scheduler, sd21, tiny
 from deblurdiff.models.text import NullTextEmbedding
@@ -43,4 +44,5 @@ __all__ = [
     "tiny",
     "training_step",
     "WindowedUNet2DConditionModel",
+    "x0_from_output",
 ]

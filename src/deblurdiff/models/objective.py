@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FIXED_TIMESTEPS", "CoTrainingModule", "LossTerms", "NoisePrediction", "deblurdiff_loss", "diffusion_target",
-           "fixed_timestep_losses", "output_for_x0", "predict_noise", "training_step"]
+           "fixed_timestep_losses", "output_for_x0", "predict_noise", "training_step", "x0_from_output"]
 
 FIXED_TIMESTEPS = (50, 250, 500, 750, 950)  # spread over [0, 1000): the loss differs a lot with t
 
@@ -30,7 +30,9 @@ class NoisePrediction:
 @dataclass
 class LossTerms:
     loss: torch.Tensor  # diffusion_loss + λ · latent_loss (what to backpropagate)
-    diffusion_loss: torch.Tensor  # MSE(model_output, target): target eps (paper) or v (v-prediction presets)
+    # MSE(model_output, target): target eps (paper) or v (v-prediction presets); MSE(x0_pred, z_0) when
+    # training noises x_t from the estimate (``training_step``'s noise_from="estimate")
+    diffusion_loss: torch.Tensor
     latent_loss: torch.Tensor  # MSE(ẑ, z_0)
     # MSE(ẑ_start, z_0), ẑ_start = the LKPN's estimate from z_b alone (x_t := z_b), where the sampler starts
     # at strength < 1; None when not trained (start_weight 0, the paper).
@@ -54,6 +56,7 @@ def predict_noise(
     context: torch.Tensor,
     control_scale: float = 1.0,
     anchor_scheduler=None,
+    estimate=None,
 ) -> NoisePrediction:
     """eps(x_t, t | z_b) with iterative refinement: LKPN + EAC re-run on this step's x_t.
 
@@ -66,9 +69,12 @@ def predict_noise(
     trained from scratch adds is detail on top of ẑ, never noise in place of it. ẑ is detached there:
     the latent loss trains it; through the anchor the diffusion loss would weight its error by
     1/(1 − ᾱ_t), ~1000 at t = 0.
+
+    ``estimate``: the LKPN's output for this step when the caller already has it (an LKPN that does
+    not read x_t gives the same ẑ at every step); None runs the LKPN here.
     """
     # 1. LKPN predicts per-pixel kernels from (z_b, x_t); EAC applies them to the ORIGINAL z_b.
-    lk = lkpn(z_blur, x_t, timestep, context)
+    lk = estimate if estimate is not None else lkpn(z_blur, x_t, timestep, context)
     # 2. ControlNet reads x_t plus the latent hint cat([z_b, ẑ]) -> 12 skip residuals + 1 middle residual.
     down_res, mid_res = controlnet(
         x_t, timestep, encoder_hidden_states=context,
@@ -119,6 +125,19 @@ def output_for_x0(noise_scheduler, x0: torch.Tensor, x_t: torch.Tensor, timestep
     raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
 
 
+def x0_from_output(noise_scheduler, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The scheduler's x0 estimate from a model output (the inverse of ``output_for_x0``):
+    x0 = (x_t − sqrt(1 − ᾱ_t) eps) / sqrt(ᾱ_t), or x0 = sqrt(ᾱ_t) x_t − sqrt(1 − ᾱ_t) v. Shapes as there; fp32."""
+    alphas = noise_scheduler.alphas_cumprod.to(x_t.device)[torch.as_tensor(timesteps, device=x_t.device).long()].float()
+    a = alphas.reshape(-1, *([1] * (x_t.dim() - 1)))  # (B or 1, 1, 1, 1)
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x_t.float() - (1 - a).sqrt() * model_output.float()) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x_t.float() - (1 - a).sqrt() * model_output.float()
+    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
+
+
 def training_step(
     unet: nn.Module,
     controlnet: nn.Module,
@@ -132,6 +151,7 @@ def training_step(
     latent_weight: float = 1.0,
     z_hat_anchor: bool = False,
     start_weight: float = 0.0,
+    noise_from: str = "sharp",
 ) -> LossTerms:
     """Loss terms for one co-training batch (no backward, no optimiser step).
 
@@ -142,17 +162,40 @@ def training_step(
     sampler starts from at strength < 1. Co-trained only on x_t from z_0, the LKPN learns to copy detail
     out of a nearly clean x_t and meets z_b in its place for the first time at inference; this term
     teaches it to deblur z_b on its own (one more LKPN pass per step).
+
+    ``noise_from``: where x_t comes from. "sharp" (the paper): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps,
+    the target eps or v. "estimate": x_t is noised from the sampler's start estimate ẑ_start (detached),
+    as the sampler starts from it at strength < 1 (img2img), and the diffusion loss is MSE(x0_pred, z_0),
+    x0_pred the scheduler's x0 from the model output: the diffusion branch learns to refine ẑ into z_0
+    from the inputs it meets at inference. Trained from z_0 instead, a small branch learns at low t to
+    copy detail out of x_t, and at inference copies the noise that x_t holds in its place.
     """
-    # Forward diffusion q(x_t | z_0): x_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) eps, in the networks' dtype (z_b's;
-    # evaluation keeps an fp32 z_0 as the target beside a half-precision model).
-    x_t = noise_scheduler.add_noise(z_0, noise, timesteps).to(z_blur.dtype)
+    reads_x_t = getattr(getattr(lkpn, "config", None), "reads_x_t", True)
+    estimate = None  # the LKPN's output when it does not depend on x_t: computed once, with gradients
+    if noise_from == "sharp":
+        x_0 = z_0
+    elif noise_from == "estimate":
+        if reads_x_t:
+            with torch.no_grad():
+                x_0 = lkpn(z_blur, z_blur, timesteps, context).z_hat  # x_t := z_b, as the sampler starts
+        else:
+            estimate = lkpn(z_blur, z_blur, timesteps, context)
+            x_0 = estimate.z_hat.detach()
+    else:
+        raise ValueError(f"noise_from must be 'sharp' or 'estimate', got {noise_from!r}")
+    # Forward diffusion q(x_t | x_0), in the networks' dtype (z_b's; evaluation keeps an fp32 z_0 as the
+    # target beside a half-precision model).
+    x_t = noise_scheduler.add_noise(x_0.to(noise.dtype), noise, timesteps).to(z_blur.dtype)
     pred = predict_noise(unet, controlnet, lkpn, x_t, timesteps, z_blur, context,
-                         anchor_scheduler=noise_scheduler if z_hat_anchor else None)
-    target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
-    terms = deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
+                         anchor_scheduler=noise_scheduler if z_hat_anchor else None, estimate=estimate)
+    if noise_from == "sharp":
+        target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
+        terms = deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
+    else:
+        x0_pred = x0_from_output(noise_scheduler, pred.model_output, x_t, timesteps)
+        terms = deblurdiff_loss(x0_pred, z_0, pred.z_hat, z_0, latent_weight)
     if start_weight > 0:
         # An LKPN that does not read x_t already made its estimate from z_b alone: no second pass.
-        reads_x_t = getattr(getattr(lkpn, "config", None), "reads_x_t", True)
         z_start = lkpn(z_blur, z_blur, timesteps, context).z_hat if reads_x_t else pred.z_hat
         terms.start_latent_loss = F.mse_loss(z_start.float(), z_0.float())
         terms.loss = terms.loss + start_weight * terms.start_latent_loss
@@ -199,7 +242,7 @@ class CoTrainingModule(nn.Module):
     objects, so after training ``pipe.save_pretrained(dir)`` exports the trained weights.
     """
 
-    def __init__(self, pipeline, latent_weight: float = 1.0, start_weight: float = 0.0):
+    def __init__(self, pipeline, latent_weight: float = 1.0, start_weight: float = 0.0, noise_from: str = "sharp"):
         super().__init__()
         trainable = pipeline.trainable_modules()
         for name, module in trainable.items():
@@ -210,6 +253,7 @@ class CoTrainingModule(nn.Module):
         self.noise_scheduler = pipeline.scheduler
         self.latent_weight = latent_weight
         self.start_weight = start_weight
+        self.noise_from = noise_from
         self.z_hat_anchor = bool(pipeline.config.get("z_hat_anchor", False))
 
     def part(self, name: str) -> nn.Module:
@@ -218,4 +262,4 @@ class CoTrainingModule(nn.Module):
     def forward(self, z_0, z_blur, noise, timesteps, context) -> LossTerms:
         return training_step(self.part("unet"), self.part("controlnet"), self.part("lkpn"), self.noise_scheduler,
                              z_0, z_blur, noise, timesteps, context, self.latent_weight, self.z_hat_anchor,
-                             self.start_weight)
+                             self.start_weight, self.noise_from)

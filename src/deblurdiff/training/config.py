@@ -78,6 +78,12 @@ class TrainSection(Section):
     latent_weight: float = Field(1.0, ge=0)  # λ in eps-MSE + λ·MSE(ẑ, z_0)
     # μ: + μ·MSE(LKPN(z_b, x_t := z_b), z_0), the sampler's start estimate at strength < 1 (paper: 0; tiny: 1)
     start_latent_weight: float = Field(0.0, ge=0)
+    # Where training's x_t comes from: "sharp" (q(x_t | z_0), the paper) or "estimate" (noised from the
+    # LKPN's ẑ of z_b, as the sampler starts at strength < 1; the diffusion loss is then MSE(x0, z_0)).
+    noise_from: Literal["sharp", "estimate"] = "sharp"
+    # t ~ U{0 .. max_timestep − 1}; None: the whole schedule. A model trained up to T' is sampled at
+    # strength ≤ T' / num_train_timesteps (img2img from ẑ).
+    max_timestep: int | None = Field(None, ge=1, le=1000)  # every preset uses a 1000-step schedule
     # "auto": bf16 on GPU, fp32 on CPU (CPU bf16 autocast is slow and gloo has no bf16 all-reduce).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # Activation checkpointing of the trainable UNets ("auto": on for GPU, off for CPU).

@@ -185,8 +185,8 @@ def prepare_model(cfg, device: torch.device, *, bf16: bool, gradient_checkpointi
             for sub in getattr(pipe, name).modules():
                 if getattr(sub, "_supports_gradient_checkpointing", False):
                     sub.enable_gradient_checkpointing()
-    module = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight,
-                              start_weight=cfg.train.start_latent_weight).train()
+    module = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight, start_weight=cfg.train.start_latent_weight,
+                              noise_from=cfg.train.noise_from).train()
     return PreparedModel(pipe, module, frozen, frozen_fp32)
 
 
@@ -212,7 +212,8 @@ def train(w: Worker) -> dict | None:
         # 1. grad_accum micro-batches through the engine; the optimiser steps on the last one.
         started = time.perf_counter()
         for _ in range(cfg.train.grad_accum):
-            terms = micro_step(w.engine, w.model.pipe, next(w.batches), w.generator, w.context, bf16=w.bf16)
+            terms = micro_step(w.engine, w.model.pipe, next(w.batches), w.generator, w.context, bf16=w.bf16,
+                               max_timestep=cfg.train.max_timestep)
             window.add_micro_step(terms, cfg.train.grad_accum)
         state.step += 1
         state.samples_seen += cfg.train.batch_size
@@ -266,19 +267,22 @@ def train(w: Worker) -> dict | None:
     }
 
 
-def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: torch.Tensor, *, bf16: bool):
+def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: torch.Tensor, *, bf16: bool,
+               max_timestep: int | None = None):
     """One micro-batch through the DeepSpeed engine; returns the loss terms (``LossTerms``).
 
     batch: {"sharp", "blurry"} float (B, 3, H, W) in [0, 1]. The optimiser and LR schedule step
     inside ``engine.step()`` only at the gradient-accumulation boundary.
     """
     device = context.device
+    max_timestep = max_timestep or pipe.scheduler.config.num_train_timesteps
     # a. latents, without gradients (the VAE is frozen): z_0 from sharp, z_b from blurry
     with torch.no_grad():
         z_0 = pipe.encode(batch["sharp"].to(device, non_blocking=True))
         z_b = pipe.encode(batch["blurry"].to(device, non_blocking=True), blurry=True)
-    # b. t ~ U{0..999} and eps ~ N(0, I), from this rank's generator (saved in checkpoints)
-    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (z_0.shape[0],), generator=generator)
+    # b. t ~ U{0..T−1} (T: train.max_timestep or the schedule's 1000) and eps ~ N(0, I), from this rank's
+    #    generator (saved in checkpoints)
+    t = torch.randint(0, max_timestep, (z_0.shape[0],), generator=generator)
     eps = torch.randn(z_0.shape, generator=generator)
     # c. forward: x_t = q(z_0, t, eps); LKPN + EAC -> ẑ; ControlNet(x_t, [z_b, ẑ]); UNet -> eps_pred
     #    (bf16: autocast over fp32 trainable weights; the engine's torch_autocast says the same)
