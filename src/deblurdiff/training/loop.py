@@ -253,6 +253,14 @@ def train(w: Worker) -> dict | None:
     if w.rank != 0:
         return None
     model_dir = export_pipeline(w.model.pipe, weights, w.model.frozen_fp32, Path(cfg.run.output_dir, "model"))
+    if trained_strength(cfg, w.model.pipe) < 1:
+        # Never trained from pure noise: its defaults are the settings the final validation sampled with.
+        from deblurdiff.model_dir import record_sampling
+
+        record_sampling(model_dir, {"sampler": "dpmpp", "steps": cfg.train.validation_steps,
+                                    "strength": trained_strength(cfg, w.model.pipe)},
+                        validated_on={"data": "the run's validation pairs (training's final validation)",
+                                      "step": state.step})
     return {
         "final_step": state.step,
         "samples_seen": state.samples_seen,
@@ -296,6 +304,12 @@ def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: t
 
 
 # ----------------------------------------------------------------------------------------- validation
+def trained_strength(cfg, pipe) -> float:
+    """The highest sampler strength the run trains for: max_timestep / T (1.0: the whole schedule)."""
+    total = pipe.scheduler.config.num_train_timesteps
+    return min(cfg.train.max_timestep or total, total) / total
+
+
 def validate(w: Worker) -> dict[str, float]:
     """Held-out metrics (``training.validation``); rank 0 also logs the image grid and saves it as
     ``<output_dir>/validation/step_XXXXXXXX.png``."""
@@ -305,7 +319,8 @@ def validate(w: Worker) -> dict[str, float]:
     sharp, blurry = w.validation_pairs
     w.model.module.eval()
     metrics, grid = validate_pairs(w.model.pipe, sharp, blurry, steps=cfg.train.validation_steps, seed=cfg.run.seed,
-                                   bf16=w.bf16, latent_weight=cfg.train.latent_weight)
+                                   bf16=w.bf16, latent_weight=cfg.train.latent_weight,
+                                   strength=trained_strength(cfg, w.model.pipe))
     w.model.module.train()
     if w.rank == 0:
         w.metrics.log_image("val/grid", grid, w.state.step, caption="blurry | decoded ẑ | restored | sharp")

@@ -30,8 +30,11 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: int, seed: int, bf16: bool = False,
-             latent_weight: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
-    """sharp, blurry: (N, 3, H, W) float in [0, 1]. Returns (metrics, grid (N·H, 4·W, 3) uint8)."""
+                   latent_weight: float = 1.0, strength: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
+    """sharp, blurry: (N, 3, H, W) float in [0, 1]. Returns (metrics, grid (N·H, 4·W, 3) uint8).
+
+    ``strength``: where the restoration starts (1: pure noise; below: img2img from ẑ), the most a
+    model trained on t < max_timestep can be sampled from."""
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -50,10 +53,10 @@ def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: in
                                    latent_weight, z_hat_anchor=pipe.config.get("z_hat_anchor", False))
     terms = {"loss": lt.loss.item(), "diffusion_loss": lt.diffusion_loss.item(), "latent_mse": lt.latent_loss.item()}
 
-    # 3. a full restoration with the fast sampler, keeping the last step's ẑ
+    # 3. a restoration with the fast sampler, keeping the last step's ẑ
     with autocast:
-        out = pipe(blurry, num_inference_steps=steps, sampler="dpmpp", generator=torch.Generator().manual_seed(seed),
-                   output_type="pt", return_intermediates=True)
+        out = pipe(blurry, num_inference_steps=steps, sampler="dpmpp", strength=strength,
+                   generator=torch.Generator().manual_seed(seed), output_type="pt", return_intermediates=True)
         z_hat_decoded = pipe.decode(out.z_hat[-1].to(device)).cpu()
     restored = out.images.float().cpu()
     sharp, blurry = sharp.cpu(), blurry.cpu()
