@@ -2,10 +2,10 @@
 
 On a local Ray instance, tiny preset, CPU, nothing downloaded:
 
-1. synthesise pairs from scikit-image's bundled photos with the ``small-shake`` recipe (camera shake
-   7–19 px, mild defocus, noise, JPEG: a blur within reach of the tiny model's 5×5 kernels on 64 px crops;
-   ``realistic`` draws shake up to 127 px, wider than the crop) — training pairs from some photos,
-   validation pairs from others, at least 8 held-out pairs from yet others;
+1. synthesise pairs from scikit-image's bundled photos with the ``small-handheld`` recipe (``realistic``'s
+   image formation, sensor noise and JPEG, camera shake scaled to 3–11 px: within reach of the tiny
+   model's 5×5 kernels on 64 px crops; ``realistic`` draws shake up to 127 px, wider than the crop) —
+   training pairs from some photos, validation pairs from others, at least 8 held-out pairs from yet others;
 2. train with Ray Train + DeepSpeed (2 workers) for a few minutes, ``configs/tiny.yaml`` (the packaged
    copy) with the demo's overrides on top, and export the pipeline;
 3. choose the sampler settings on the *validation* pairs and record them in the model directory, so
@@ -44,7 +44,7 @@ TRAIN_PHOTOS = ("astronaut.png", "motorcycle_left.png", "motorcycle_right.png", 
 VALIDATION_PHOTOS = ("rocket.jpg", "camera.png")
 HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png")
 BLURRED_PHOTO = "clock_motion.png"  # a real motion-blurred photo
-RECIPE = "small-shake"  # built-in: camera shake 7–19 px, defocus radius ≤ 3, mild noise, JPEG (see the module doc)
+RECIPE = "small-handheld"  # built-in: camera shake 3–11 px, defocus radius ≤ 2, realistic's noise and JPEG
 CROP = 64  # tiny trains on 64×64 crops
 TRAIN_CROPS_PER_IMAGE = 24
 VALIDATION_CROPS_PER_IMAGE = 4  # 8 pairs: enough to rank a few sampler settings, cheap to score
@@ -191,7 +191,7 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
 
     # 7. report
     report = {
-        "recipe": RECIPE,  # a built-in recipe: deblurdiff/blur_synthesis/recipes/small-shake.yaml
+        "recipe": RECIPE,  # a built-in recipe: deblurdiff/blur_synthesis/recipes/small-handheld.yaml
         "crop": CROP,
         "held_out_pairs": evaluation["pairs"],
         "held_out_photos": list(HELD_OUT_PHOTOS),

@@ -177,3 +177,8 @@ def test_finetune_config_starts_from_a_pipeline_directory(tmp_path):
     assert cfg.model.init_from == str(model_dir) and cfg.train.validate_at_start
     with pytest.raises(UsageError, match=r"remove model\.preset"):
         load("finetune-released.yaml", f"model.init_from={model_dir}", "model.preset=sd21")
+    # configs/tiny.yaml (model.preset: tiny) fine-tunes a tiny model directory as it is
+    (model_dir / "model_index.json").write_text('{"preset": "tiny"}')
+    assert load("tiny.yaml", f"model.init_from={model_dir}").model.init_from == str(model_dir)
+    with pytest.raises(UsageError, match=r"remove model\.preset"):
+        load("tiny.yaml", f"model.init_from={model_dir}", "model.preset=sd21")

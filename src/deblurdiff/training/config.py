@@ -152,6 +152,16 @@ def micro_batch_size(cfg: TrainConfig) -> int:
     return cfg.train.batch_size // (cfg.scaling.workers * cfg.train.grad_accum)
 
 
+def _saved_preset(directory: str) -> str | None:
+    """The preset a pipeline directory was built from (its ``model_index.json``), None if it names none."""
+    import json
+
+    try:
+        return json.loads(Path(directory, "model_index.json").read_text()).get("preset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Cross-key checks the types cannot express; each failure names the key to change."""
     if (cfg.data.shards is None) == (cfg.data.images is None):
@@ -168,11 +178,14 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.init_from is not None:
         from deblurdiff.model_dir import check_model_dir
 
-        chosen = [k for k in ("preset", "base_model", "random_init") if k in cfg.model.model_fields_set]
+        directory = check_model_dir(cfg.model.init_from, flag="model.init_from")
+        # A preset that names the directory's own (configs/tiny.yaml + a tiny model) says nothing new.
+        same_preset = cfg.model.preset == _saved_preset(directory)
+        chosen = [k for k in ("preset", "base_model", "random_init") if k in cfg.model.model_fields_set
+                  and not (k == "preset" and same_preset)]
         if chosen:
             raise UsageError(f"model.init_from: starts from that pipeline directory; remove model.{chosen[0]} "
                              "(the directory already holds every part)")
-        check_model_dir(cfg.model.init_from, flag="model.init_from")
         return cfg
     if cfg.model.preset == "sd21" and cfg.model.base_model is None and not cfg.model.random_init:
         raise UsageError("model.base_model: preset sd21 needs a local Stable Diffusion 2.1-base diffusers "
