@@ -88,6 +88,9 @@ def tiny(base_model: str | None = None, random_init: bool = True,
       sampler's x_t, the co-trained LKPN took its kernels from x_t noised from the sharp z_0 and made ẑ
       worse than z_b at inference; without it, held-out 27.82 → 28.79 dB (blurry 28.96; RESULTS.md,
       "Demo restoration, third round").
+    - Trained (``configs/tiny.yaml``) with ``train.noise_from: estimate`` and ``train.max_timestep: 300``: the
+      diffusion branch learns from x_t noised from ẑ, as sampling from ẑ meets it, and stops adding
+      noise (held-out 28.79 → 33.00 dB against blurry 33.00 on one recipe; RESULTS.md, "fourth round").
     - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
       its UNet is a pretrained Stable Diffusion; no pretrained tiny UNet exists, and a frozen random
       one predicts nothing useful, so the tiny preset trains its UNet too.
