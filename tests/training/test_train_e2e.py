@@ -111,8 +111,9 @@ def test_export_loads_with_from_pretrained_and_deblurs(crashed_run):
     assert restored.shape == (1, 37, 45, 3) and np.isfinite(restored).all()
     assert pipe.config.trainable_components == ["controlnet", "lkpn"]
     # configs/tiny.yaml trains t < 300 only (img2img from ẑ): the export's defaults are the settings its
-    # final validation sampled with, never the paper's sampling from pure noise.
-    assert pipe.default_sampling() == {"sampler": "dpmpp", "steps": 2, "strength": 0.3}
+    # final validation sampled with (train.validation_steps=2 grown to 4, so one step runs at 0.3),
+    # never the paper's sampling from pure noise.
+    assert pipe.default_sampling() == {"sampler": "dpmpp", "steps": 4, "strength": 0.3}
 
 
 def test_offline_wandb_run_holds_the_logged_metrics_and_the_validation_grid(crashed_run):

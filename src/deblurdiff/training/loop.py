@@ -253,12 +253,11 @@ def train(w: Worker) -> dict | None:
     if w.rank != 0:
         return None
     model_dir = export_pipeline(w.model.pipe, weights, w.model.frozen_fp32, Path(cfg.run.output_dir, "model"))
-    if trained_strength(cfg, w.model.pipe) < 1:
+    if cfg.train.max_timestep is not None:
         # Never trained from pure noise: its defaults are the settings the final validation sampled with.
         from deblurdiff.model_dir import record_sampling
 
-        record_sampling(model_dir, {"sampler": "dpmpp", "steps": cfg.train.validation_steps,
-                                    "strength": trained_strength(cfg, w.model.pipe)},
+        record_sampling(model_dir, validation_sampling(cfg, w.model.pipe),
                         validated_on={"data": "the run's validation pairs (training's final validation)",
                                       "step": state.step})
     return {
@@ -304,10 +303,16 @@ def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: t
 
 
 # ----------------------------------------------------------------------------------------- validation
-def trained_strength(cfg, pipe) -> float:
-    """The highest sampler strength the run trains for: max_timestep / T (1.0: the whole schedule)."""
+def validation_sampling(cfg, pipe) -> dict:
+    """The sampler settings training's validation restores with: DPM-Solver++, train.validation_steps,
+    from the highest strength the run trains for (max_timestep / T; 1.0: pure noise), with enough steps
+    that at least one denoising step runs there (img2img runs int(steps · strength))."""
     total = pipe.scheduler.config.num_train_timesteps
-    return min(cfg.train.max_timestep or total, total) / total
+    strength = min(cfg.train.max_timestep or total, total) / total
+    steps = cfg.train.validation_steps
+    while int(steps * strength) < 1:
+        steps += 1
+    return {"sampler": "dpmpp", "steps": steps, "strength": strength}
 
 
 def validate(w: Worker) -> dict[str, float]:
@@ -318,9 +323,9 @@ def validate(w: Worker) -> dict[str, float]:
     cfg = w.cfg
     sharp, blurry = w.validation_pairs
     w.model.module.eval()
-    metrics, grid = validate_pairs(w.model.pipe, sharp, blurry, steps=cfg.train.validation_steps, seed=cfg.run.seed,
-                                   bf16=w.bf16, latent_weight=cfg.train.latent_weight,
-                                   strength=trained_strength(cfg, w.model.pipe))
+    sampling = validation_sampling(cfg, w.model.pipe)
+    metrics, grid = validate_pairs(w.model.pipe, sharp, blurry, steps=sampling["steps"], seed=cfg.run.seed,
+                                   bf16=w.bf16, latent_weight=cfg.train.latent_weight, strength=sampling["strength"])
     w.model.module.train()
     if w.rank == 0:
         w.metrics.log_image("val/grid", grid, w.state.step, caption="blurry | decoded ẑ | restored | sharp")
