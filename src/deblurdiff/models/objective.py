@@ -111,12 +111,17 @@ def diffusion_target(noise_scheduler, z_0: torch.Tensor, noise: torch.Tensor, ti
     raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
 
 
+def _alphas_cumprod(noise_scheduler, x_t: torch.Tensor, timesteps) -> torch.Tensor:
+    """ᾱ_t in fp32, shaped to broadcast over x_t: (B or 1, 1, 1, 1)."""
+    alphas = noise_scheduler.alphas_cumprod.to(x_t.device)[torch.as_tensor(timesteps, device=x_t.device).long()].float()
+    return alphas.reshape(-1, *([1] * (x_t.dim() - 1)))
+
+
 def output_for_x0(noise_scheduler, x0: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """The model output (eps or v, by the scheduler's ``prediction_type``) from which the scheduler
     recovers exactly ``x0`` at x_t: eps = (x_t − sqrt(ᾱ_t) x0) / sqrt(1 − ᾱ_t), v = (sqrt(ᾱ_t) x_t − x0) / sqrt(1 − ᾱ_t).
     x0, x_t: (B, C, h, w); timesteps: scalar or (B,). Computed in fp32."""
-    alphas = noise_scheduler.alphas_cumprod.to(x_t.device)[torch.as_tensor(timesteps, device=x_t.device).long()].float()
-    a = alphas.reshape(-1, *([1] * (x_t.dim() - 1)))  # (B or 1, 1, 1, 1)
+    a = _alphas_cumprod(noise_scheduler, x_t, timesteps)
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
         return (x_t.float() - a.sqrt() * x0.float()) / (1 - a).sqrt()
@@ -128,8 +133,7 @@ def output_for_x0(noise_scheduler, x0: torch.Tensor, x_t: torch.Tensor, timestep
 def x0_from_output(noise_scheduler, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """The scheduler's x0 estimate from a model output (the inverse of ``output_for_x0``):
     x0 = (x_t − sqrt(1 − ᾱ_t) eps) / sqrt(ᾱ_t), or x0 = sqrt(ᾱ_t) x_t − sqrt(1 − ᾱ_t) v. Shapes as there; fp32."""
-    alphas = noise_scheduler.alphas_cumprod.to(x_t.device)[torch.as_tensor(timesteps, device=x_t.device).long()].float()
-    a = alphas.reshape(-1, *([1] * (x_t.dim() - 1)))  # (B or 1, 1, 1, 1)
+    a = _alphas_cumprod(noise_scheduler, x_t, timesteps)
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
         return (x_t.float() - (1 - a).sqrt() * model_output.float()) / a.sqrt()
