@@ -47,6 +47,8 @@ def test_tiny_config_is_cpu_two_workers():
     ("train.lr=fast", r"train\.lr: "),
     ("deepspeed.zero_stage=5", r"deepspeed\.zero_stage"),
     ("wandb.mode=cloud", r"wandb\.mode"),
+    ("train.noise_from=blurry", r"train\.noise_from"),
+    ("train.max_timestep=1001", r"train\.max_timestep"),
 ])
 def test_bad_keys_and_values_name_the_dotted_key(override, key):
     with pytest.raises(UsageError, match=key):
