@@ -18,6 +18,23 @@ def test_loss_terms():
     assert set(terms.as_floats()) == {"loss", "diffusion_loss", "latent_loss"}
 
 
+def test_psnr_fidelity_weighs_each_sample_by_its_own_error():
+    """fidelity="psnr": what is backpropagated is mean_i 10·log10 MSE_i, so a clean sample's small error
+    pulls as hard as a noisy one's large error; the reported terms stay MSEs."""
+    z_0 = torch.zeros(2, 3, 4, 4)
+    z_hat = torch.cat([torch.full((1, 3, 4, 4), 0.01), torch.full((1, 3, 4, 4), 1.0)]).requires_grad_()
+    eps = torch.zeros_like(z_0)
+    terms = deblurdiff_loss(eps, eps, z_hat, z_0, latent_weight=1.0, fidelity="psnr")
+    assert terms.latent_loss.item() == pytest.approx(F.mse_loss(z_hat, z_0).item())
+    expected = 10 * torch.log10(torch.tensor([1e-4, 1.0]) + 1e-8).mean() + 10 * torch.log10(torch.tensor(1e-8))
+    assert terms.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    terms.loss.backward()
+    per_sample_pull = z_hat.grad.flatten(1).abs().sum(dim=1) * z_hat.detach().flatten(1).abs().mean(dim=1)
+    torch.testing.assert_close(per_sample_pull[0], per_sample_pull[1], rtol=1e-3, atol=0)  # d log e = de / e
+    with pytest.raises(ValueError, match="fidelity"):
+        deblurdiff_loss(eps, eps, z_hat, z_0, fidelity="l1")
+
+
 def test_diffusion_target_follows_the_scheduler():
     z_0, noise, t = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 990])
     assert torch.equal(diffusion_target(ddpm_scheduler(), z_0, noise, t), noise)  # sd21: eps

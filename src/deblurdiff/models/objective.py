@@ -91,13 +91,36 @@ def predict_noise(
     return NoisePrediction(model_output=model_output, z_hat=lk.z_hat, kernels=lk.kernels)
 
 
+FIDELITY_LOSSES = ("mse", "psnr")
+
+
+def _optimised(pred: torch.Tensor, target: torch.Tensor, fidelity: str) -> torch.Tensor:
+    """The term backpropagated for one fit, in fp32. "mse": MSE over the batch (the paper). "psnr": the
+    mean over samples of 10·log10(MSE_i), i.e. minus the mean PSNR up to a constant (NAFNet's PSNR loss):
+    each sample's error counts relative to its own size, so a nearly clean crop whose small error a
+    correction doubles weighs as much as a noisy crop. Pooled MSE is dominated by the noisy crops and
+    teaches a correction that costs the clean ones dB (RESULTS.md, "fifth round")."""
+    if fidelity == "mse":
+        return F.mse_loss(pred.float(), target.float())
+    if fidelity == "psnr":
+        per_sample = (pred.float() - target.float()).square().flatten(1).mean(dim=1)
+        return 10 * torch.log10(per_sample + 1e-8).mean()
+    raise ValueError(f"fidelity must be one of {FIDELITY_LOSSES}, got {fidelity!r}")
+
+
 def deblurdiff_loss(model_output: torch.Tensor, target: torch.Tensor, z_hat: torch.Tensor, z_0: torch.Tensor,
-                    latent_weight: float = 1.0) -> LossTerms:
-    """loss = MSE(model_output, target) + λ · MSE(ẑ, z_0)   (DESIGN §1: target eps, λ = 1). Computed in fp32."""
+                    latent_weight: float = 1.0, fidelity: str = "mse") -> LossTerms:
+    """loss = MSE(model_output, target) + λ · MSE(ẑ, z_0)   (DESIGN §1: target eps, λ = 1). Computed in fp32.
+
+    ``fidelity="psnr"`` backpropagates both fits as mean 10·log10 per-sample MSE (``_optimised``); the
+    reported ``diffusion_loss`` and ``latent_loss`` stay MSEs either way."""
     diffusion_loss = F.mse_loss(model_output.float(), target.float())
     latent_loss = F.mse_loss(z_hat.float(), z_0.float())
-    return LossTerms(loss=diffusion_loss + latent_weight * latent_loss, diffusion_loss=diffusion_loss,
-                     latent_loss=latent_loss)
+    if fidelity == "mse":
+        loss = diffusion_loss + latent_weight * latent_loss
+    else:
+        loss = _optimised(model_output, target, fidelity) + latent_weight * _optimised(z_hat, z_0, fidelity)
+    return LossTerms(loss=loss, diffusion_loss=diffusion_loss, latent_loss=latent_loss)
 
 
 def diffusion_target(noise_scheduler, z_0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -156,6 +179,7 @@ def training_step(
     z_hat_anchor: bool = False,
     start_weight: float = 0.0,
     noise_from: str = "sharp",
+    fidelity: str = "mse",
 ) -> LossTerms:
     """Loss terms for one co-training batch (no backward, no optimiser step).
 
@@ -173,6 +197,8 @@ def training_step(
     x0_pred the scheduler's x0 from the model output: the diffusion branch learns to refine ẑ into z_0
     from the inputs it meets at inference. Trained from z_0 instead, a small branch learns at low t to
     copy detail out of x_t, and at inference copies the noise that x_t holds in its place.
+
+    ``fidelity``: what is backpropagated (``deblurdiff_loss``): "mse" (the paper) or "psnr".
     """
     reads_x_t = getattr(getattr(lkpn, "config", None), "reads_x_t", True)
     estimate = None  # the LKPN's output when it does not depend on x_t: computed once, with gradients
@@ -194,15 +220,15 @@ def training_step(
                          anchor_scheduler=noise_scheduler if z_hat_anchor else None, estimate=estimate)
     if noise_from == "sharp":
         target = diffusion_target(noise_scheduler, z_0, noise, timesteps)  # eps (paper) or v
-        terms = deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight)
+        terms = deblurdiff_loss(pred.model_output, target, pred.z_hat, z_0, latent_weight, fidelity)
     else:
         x0_pred = x0_from_output(noise_scheduler, pred.model_output, x_t, timesteps)
-        terms = deblurdiff_loss(x0_pred, z_0, pred.z_hat, z_0, latent_weight)
+        terms = deblurdiff_loss(x0_pred, z_0, pred.z_hat, z_0, latent_weight, fidelity)
     if start_weight > 0:
         # An LKPN that does not read x_t already made its estimate from z_b alone: no second pass.
         z_start = lkpn(z_blur, z_blur, timesteps, context).z_hat if reads_x_t else pred.z_hat
         terms.start_latent_loss = F.mse_loss(z_start.float(), z_0.float())
-        terms.loss = terms.loss + start_weight * terms.start_latent_loss
+        terms.loss = terms.loss + start_weight * _optimised(z_start, z_0, fidelity)
     return terms
 
 
@@ -246,7 +272,8 @@ class CoTrainingModule(nn.Module):
     objects, so after training ``pipe.save_pretrained(dir)`` exports the trained weights.
     """
 
-    def __init__(self, pipeline, latent_weight: float = 1.0, start_weight: float = 0.0, noise_from: str = "sharp"):
+    def __init__(self, pipeline, latent_weight: float = 1.0, start_weight: float = 0.0, noise_from: str = "sharp",
+                 fidelity: str = "mse"):
         super().__init__()
         trainable = pipeline.trainable_modules()
         for name, module in trainable.items():
@@ -258,6 +285,7 @@ class CoTrainingModule(nn.Module):
         self.latent_weight = latent_weight
         self.start_weight = start_weight
         self.noise_from = noise_from
+        self.fidelity = fidelity
         self.z_hat_anchor = bool(pipeline.config.get("z_hat_anchor", False))
 
     def part(self, name: str) -> nn.Module:
@@ -266,4 +294,4 @@ class CoTrainingModule(nn.Module):
     def forward(self, z_0, z_blur, noise, timesteps, context) -> LossTerms:
         return training_step(self.part("unet"), self.part("controlnet"), self.part("lkpn"), self.noise_scheduler,
                              z_0, z_blur, noise, timesteps, context, self.latent_weight, self.z_hat_anchor,
-                             self.start_weight, self.noise_from)
+                             self.start_weight, self.noise_from, self.fidelity)

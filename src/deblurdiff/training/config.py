@@ -81,6 +81,9 @@ class TrainSection(Section):
     # Where training's x_t comes from: "sharp" (q(x_t | z_0), the paper) or "estimate" (noised from the
     # LKPN's ẑ of z_b, as the sampler starts at strength < 1; the diffusion loss is then MSE(x0, z_0)).
     noise_from: Literal["sharp", "estimate"] = "sharp"
+    # What the fits backpropagate: "mse" (the paper) or "psnr" (mean 10·log10 per-sample MSE, NAFNet's
+    # PSNR loss: clean crops count as much as noisy ones). Logged losses are MSEs either way.
+    fidelity_loss: Literal["mse", "psnr"] = "mse"
     # t ~ U{0 .. max_timestep − 1}; None: the whole schedule. A model trained up to T' is sampled at
     # strength ≤ T' / num_train_timesteps (img2img from ẑ).
     max_timestep: int | None = Field(None, ge=1, le=1000)  # every preset uses a 1000-step schedule

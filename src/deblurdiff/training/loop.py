@@ -186,7 +186,7 @@ def prepare_model(cfg, device: torch.device, *, bf16: bool, gradient_checkpointi
                 if getattr(sub, "_supports_gradient_checkpointing", False):
                     sub.enable_gradient_checkpointing()
     module = CoTrainingModule(pipe, latent_weight=cfg.train.latent_weight, start_weight=cfg.train.start_latent_weight,
-                              noise_from=cfg.train.noise_from).train()
+                              noise_from=cfg.train.noise_from, fidelity=cfg.train.fidelity_loss).train()
     return PreparedModel(pipe, module, frozen, frozen_fp32)
 
 
