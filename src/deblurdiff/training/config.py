@@ -48,6 +48,9 @@ class DataSection(Section):
     # each pass then costs ~0.1 s instead of restarting the decode stage (seconds per pass on 2
     # CPUs). For small sets (the tiny preset); leave off for corpora larger than the object store.
     cache: bool = False
+    # "dihedral": each training pair turned by a random multiple of 90° and mirrored at random (both
+    # images alike; ``training/augment.py``), eight views of every crop. "none": the pairs as stored.
+    augment: Literal["none", "dihedral"] = "none"
 
 
 class ModelSection(Section):

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from deblurdiff.models.presets import COMPONENTS
+from deblurdiff.training.augment import dihedral_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def train(w: Worker) -> dict | None:
         started = time.perf_counter()
         for _ in range(cfg.train.grad_accum):
             terms = micro_step(w.engine, w.model.pipe, next(w.batches), w.generator, w.context, bf16=w.bf16,
-                               max_timestep=cfg.train.max_timestep)
+                               max_timestep=cfg.train.max_timestep, augment=cfg.data.augment)
             window.add_micro_step(terms, cfg.train.grad_accum)
         state.step += 1
         state.samples_seen += cfg.train.batch_size
@@ -275,18 +276,21 @@ def train(w: Worker) -> dict | None:
 
 
 def micro_step(engine, pipe, batch: dict, generator: torch.Generator, context: torch.Tensor, *, bf16: bool,
-               max_timestep: int | None = None):
+               max_timestep: int | None = None, augment: str = "none"):
     """One micro-batch through the DeepSpeed engine; returns the loss terms (``LossTerms``).
 
     batch: {"sharp", "blurry"} float (B, 3, H, W) in [0, 1]. The optimiser and LR schedule step
-    inside ``engine.step()`` only at the gradient-accumulation boundary.
+    inside ``engine.step()`` only at the gradient-accumulation boundary. ``augment``: data.augment.
     """
     device = context.device
     max_timestep = max_timestep or pipe.scheduler.config.num_train_timesteps
+    sharp, blurry = batch["sharp"], batch["blurry"]
+    if augment == "dihedral":
+        sharp, blurry = dihedral_pairs(sharp, blurry, generator)
     # a. latents, without gradients (the VAE is frozen): z_0 from sharp, z_b from blurry
     with torch.no_grad():
-        z_0 = pipe.encode(batch["sharp"].to(device, non_blocking=True))
-        z_b = pipe.encode(batch["blurry"].to(device, non_blocking=True), blurry=True)
+        z_0 = pipe.encode(sharp.to(device, non_blocking=True))
+        z_b = pipe.encode(blurry.to(device, non_blocking=True), blurry=True)
     # b. t ~ U{0..T−1} (T: train.max_timestep or the schedule's 1000) and eps ~ N(0, I), from this rank's
     #    generator (saved in checkpoints)
     t = torch.randint(0, max_timestep, (z_0.shape[0],), generator=generator)
