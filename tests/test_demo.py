@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deblurdiff.demo import (BLURRED_PHOTO, CROP, HELD_OUT_CROPS_PER_IMAGE, HELD_OUT_PHOTOS, RECIPE, TRAIN_PHOTOS,
-                             VALIDATION_PHOTOS, _photo_paths)
+from deblurdiff.evaluation import TIE_DB
+from deblurdiff.demo import (BLURRED_PHOTO, CROP, FINETUNE_LR, HELD_OUT_CROPS_PER_IMAGE, HELD_OUT_PHOTOS, PRETRAINED,
+                             RECIPE, TRAIN_PHOTOS, VALIDATION_PHOTOS, _photo_paths, _training_config)
 
 
 def test_photos_are_bundled_and_the_three_splits_are_disjoint():
@@ -36,6 +37,17 @@ def test_packaged_tiny_config_is_the_checkout_one():
     assert packaged_config("tiny").read_text() == (repo_configs / "tiny.yaml").read_text()
 
 
+def test_the_demo_fine_tunes_the_packaged_model_unless_told_to_start_from_scratch(tmp_path):
+    from deblurdiff.pretrained import packaged_model
+
+    pairs = tmp_path / "pairs"
+    fine_tune = _training_config(tmp_path, pairs / "train", pairs / "validation", 7, 2, packaged_model(PRETRAINED))
+    assert fine_tune.model.init_from == str(packaged_model(PRETRAINED)) and fine_tune.train.lr == FINETUNE_LR
+    scratch = _training_config(tmp_path, pairs / "train", pairs / "validation", 7, 2, None)
+    assert scratch.model.init_from is None and scratch.model.preset == "tiny" and scratch.train.lr > FINETUNE_LR
+    assert scratch.train.max_steps == fine_tune.train.max_steps == 7
+
+
 def test_bad_arguments_exit_2(cli, tmp_path):
     result = cli("demo", "--output", str(tmp_path), "--max-steps", "0")
     assert result.returncode == 2 and "--max-steps" in result.stderr
@@ -49,21 +61,26 @@ def test_bad_arguments_exit_2(cli, tmp_path):
 
 @pytest.mark.integration
 def test_shortened_quickstart_end_to_end(cli, tmp_path):
-    """The whole `deblurdiff demo` with 3 training steps: every stage runs, the report records what it
-    did. Restoration quality is not asserted (3 steps train nothing); benchmarks/RESULTS.md has it."""
+    """The whole `deblurdiff demo` with 3 fine-tuning steps: every stage runs, the report records what it
+    did, and the packaged model it starts from restores. The +1 dB target is measured with the full
+    demo in benchmarks/RESULTS.md."""
     out = tmp_path / "demo"
     started = time.perf_counter()
     result = cli("demo", "--output", str(out), "--max-steps", "3", timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
-    for stage in ("synthesise", "train", "choose_sampling", "evaluate", "deblur_clock_motion", "serve_one_request"):
+    for stage in ("synthesise", "evaluate_packaged", "train", "choose_sampling", "evaluate", "deblur_clock_motion",
+                  "serve_one_request"):
         assert f"[demo] {stage} ..." in console and f"[demo] {stage}: " in console
     assert "Traceback" not in console
 
     report = json.loads((out / "report.json").read_text())
     assert (report["recipe"], report["crop"]) == (RECIPE, CROP)
     assert report["held_out_pairs"] == len(HELD_OUT_PHOTOS) * HELD_OUT_CROPS_PER_IMAGE
-    assert report["train"]["final_step"] == 3
+    assert report["train"]["final_step"] == 3 and report["train"]["init_from"] == PRETRAINED
+    # The packaged model restores the held-out pairs as shipped, and 3 warm-up steps of fine-tuning keep it so.
+    assert report["packaged_model"]["psnr_restored"] > report["psnr_blurry"]
+    assert report["psnr_restored"] > report["psnr_blurry"] and report["ssim_restored"] > report["ssim_blurry"]
     for key in ("psnr_blurry", "psnr_restored", "ssim_blurry", "ssim_restored", "blurry_latent_mse",
                 "lkpn_latent_mse", "train_objective_latent_mse", "restored_beats_blurry", "sampling_validation"):
         assert key in report, key
@@ -73,8 +90,8 @@ def test_shortened_quickstart_end_to_end(cli, tmp_path):
     sampling = report["sampling"]
     model = Path(report["outputs"]["model"])
     assert json.loads((model / "model_index.json").read_text())["sampling"] == sampling
-    best = max(report["sampling_validation"], key=lambda row: row["psnr_restored"])
-    assert {k: best[k] for k in sampling} == sampling
+    chosen = next(row for row in report["sampling_validation"] if {k: row[k] for k in sampling} == sampling)
+    assert chosen["psnr_restored"] >= max(row["psnr_restored"] for row in report["sampling_validation"]) - TIE_DB
     assert report["serve"]["status"] == 200 and report["serve"]["same_size_as_input"]
     assert report["serve"]["sampling"] == sampling
 

@@ -113,3 +113,15 @@ def test_cli_bad_inputs_exit_2_with_one_line(cli, tiny_model_dir, tmp_path):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and named in lines[0], result.stderr
+
+
+def test_choose_sampling_takes_the_best_and_of_near_ties_the_fewest_denoising_steps():
+    from deblurdiff.evaluation import TIE_DB, choose_sampling
+
+    def row(steps, strength, psnr):
+        return {"sampler": "dpmpp", "steps": steps, "strength": strength, "psnr_restored": psnr}
+
+    rows = [row(10, 1.0, 30.002), row(10, 0.3, 30.0), row(20, 0.05, 30.001)]  # one ẑ, any strength
+    assert choose_sampling(rows) == {"sampler": "dpmpp", "steps": 20, "strength": 0.05}  # 1 step, not 10
+    rows = [row(10, 1.0, 31.0), row(20, 0.05, 31.0 - 2 * TIE_DB)]  # a real difference wins over cost
+    assert choose_sampling(rows) == {"sampler": "dpmpp", "steps": 10, "strength": 1.0}

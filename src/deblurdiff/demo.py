@@ -6,8 +6,10 @@ On a local Ray instance, tiny preset, CPU, nothing downloaded:
    image formation, sensor noise and JPEG, camera shake scaled to 3–11 px: within reach of the tiny
    model's 5×5 kernels on 64 px crops; ``realistic`` draws shake up to 127 px, wider than the crop) —
    training pairs from some photos, validation pairs from others, at least 8 held-out pairs from yet others;
-2. train with Ray Train + DeepSpeed (2 workers) for a few minutes, ``configs/tiny.yaml`` (the packaged
-   copy) with the demo's overrides on top, and export the pipeline;
+2. fine-tune the packaged ``tiny-small-handheld`` pipeline (``deblurdiff.pretrained``: the tiny preset
+   trained by ``deblurdiff train`` on the same training photos, its provenance recorded beside it) with
+   Ray Train + DeepSpeed (2 workers) for a few minutes, ``configs/tiny.yaml`` (the packaged copy) with
+   the demo's overrides on top, and export the pipeline (``--from-scratch``: train the preset instead);
 3. choose the sampler settings on the *validation* pairs and record them in the model directory, so
    ``deblur``, ``eval`` and ``serve`` use them by default;
 4. evaluate on the held-out pairs with those settings (PSNR, SSIM, MSE(z_b, z_0), MSE(ẑ, z_0) along
@@ -46,10 +48,13 @@ HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png")
 BLURRED_PHOTO = "clock_motion.png"  # a real motion-blurred photo
 RECIPE = "small-handheld"  # built-in: camera shake 3–11 px, defocus radius ≤ 2, realistic's noise and JPEG
 CROP = 64  # tiny trains on 64×64 crops
-TRAIN_CROPS_PER_IMAGE = 24
+TRAIN_CROPS_PER_IMAGE = 64  # 704 pairs: the set tiny-small-handheld was trained on (PROVENANCE.md)
 VALIDATION_CROPS_PER_IMAGE = 4  # 8 pairs: enough to rank a few sampler settings, cheap to score
 HELD_OUT_CROPS_PER_IMAGE = 6  # 2 photos × 6 = 12 held-out pairs (≥ 8)
-DEFAULT_MAX_STEPS = 500  # training steps: what fits the 15-minute budget on 2 idle cores (README, RESULTS.md)
+PRETRAINED = "tiny-small-handheld"  # the packaged pipeline the demo fine-tunes (deblurdiff.pretrained)
+DEFAULT_MAX_STEPS = 300  # fine-tuning steps: a few minutes on 2 idle cores (README, RESULTS.md)
+FINETUNE_LR = 2e-4  # a fifth of tiny.yaml's from-scratch 1e-3: refine the packaged weights, not retrain them
+FROM_SCRATCH_MAX_STEPS = 500  # --from-scratch: what fits the 15-minute budget on 2 idle cores
 # Sampler settings tried on the validation pairs; the best PSNR is recorded with the model.
 SAMPLING_CANDIDATES = (
     {"sampler": "dpmpp", "steps": 10, "strength": 1.0},  # from pure noise, as the paper samples
@@ -59,8 +64,10 @@ SAMPLING_CANDIDATES = (
 )
 
 
-def _training_config(output: Path, pairs: Path, validation: Path, max_steps: int, workers: int):
-    """The demo's training run: the packaged ``configs/tiny.yaml`` with the demo's overrides on top."""
+def _training_config(output: Path, pairs: Path, validation: Path, max_steps: int, workers: int,
+                     init_from: Path | None):
+    """The demo's training run: the packaged ``configs/tiny.yaml`` with the demo's overrides on top,
+    fine-tuning ``init_from`` at ``FINETUNE_LR`` (None: the preset from scratch, tiny.yaml's lr)."""
     from deblurdiff.config import load_config
     from deblurdiff.training import TrainConfig
     from deblurdiff.training.config import packaged_config
@@ -69,6 +76,8 @@ def _training_config(output: Path, pairs: Path, validation: Path, max_steps: int
                  f"data.shards={pairs}", f"data.validation_shards={validation}", f"data.crop={CROP}",
                  f"train.max_steps={max_steps}", f"train.checkpoint_every={max_steps}", "train.keep_checkpoints=1",
                  "train.validate_every=0", f"scaling.workers={workers}"]
+    if init_from is not None:
+        overrides += [f"model.init_from={init_from}", f"train.lr={FINETUNE_LR}"]
     return load_config(packaged_config("tiny"), TrainConfig, overrides)
 
 
@@ -110,9 +119,12 @@ def _post_image(url: str, data: bytes, timeout: float = 300) -> tuple[int, dict,
         return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
 
 
-def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers: int = 2,
-             candidates: tuple[dict, ...] = SAMPLING_CANDIDATES, port: int = 0) -> dict:
-    """Run the quickstart into ``output``; returns the report (also ``output/report.json``)."""
+def run_demo(output: str | Path, *, max_steps: int | None = None, workers: int = 2,
+             candidates: tuple[dict, ...] = SAMPLING_CANDIDATES, port: int = 0, from_scratch: bool = False) -> dict:
+    """Run the quickstart into ``output``; returns the report (also ``output/report.json``).
+
+    ``from_scratch``: train the tiny preset from random weights instead of fine-tuning ``PRETRAINED``;
+    ``max_steps`` defaults to ``FROM_SCRATCH_MAX_STEPS`` then, else ``DEFAULT_MAX_STEPS``."""
     import ray
     import torch
 
@@ -121,6 +133,7 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
     from deblurdiff.imageio import decode_rgb, encode_image, read_rgb
     from deblurdiff.model_dir import load_pipeline, record_sampling
     from deblurdiff.pipelines.synth import run_synth
+    from deblurdiff.pretrained import packaged_model
     from deblurdiff.serving.local import ServeRunner
     from deblurdiff.training import launch
 
@@ -144,9 +157,17 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
                      ("validation", VALIDATION_PHOTOS, VALIDATION_CROPS_PER_IMAGE, 2),
                      ("held_out", HELD_OUT_PHOTOS, HELD_OUT_CROPS_PER_IMAGE, 1))}
 
-    # 2. train (Ray Train + DeepSpeed, 2 workers) and export
+    # 2. the packaged model as shipped, scored on the held-out pairs (what `--model tiny-small-handheld`
+    #    gives a user without training); then fine-tune it (Ray Train + DeepSpeed, 2 workers) and export
+    init_from = None if from_scratch else packaged_model(PRETRAINED)
+    max_steps = max_steps or (FROM_SCRATCH_MAX_STEPS if from_scratch else DEFAULT_MAX_STEPS)
+    shipped = None
+    if init_from is not None:
+        with _timed(timings, "evaluate_packaged"):
+            shipped = evaluate(load_pipeline(init_from), pairs / "held_out", output / "eval_packaged" / "summary.json",
+                               seed=0, progress=False)
     with _timed(timings, "train"):
-        cfg = _training_config(output, pairs / "train", pairs / "validation", max_steps, workers)
+        cfg = _training_config(output, pairs / "train", pairs / "validation", max_steps, workers, init_from)
         train_summary = launch(cfg)
     model_dir = Path(train_summary["model_dir"])
 
@@ -210,8 +231,12 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
         # Training diagnostic only (x_t noised from the SHARP z_0 at fixed timesteps): not proof of deblurring.
         "train_objective_latent_mse": evaluation["train_objective_latent_mse"],
         "lkpn_learned": evaluation["lkpn_latent_mse"] < evaluation["blurry_latent_mse"],
-        "train": {"final_step": train_summary["final_step"], "workers": workers,
-                  "last_metrics": train_summary["last_metrics"]},
+        "train": {"init_from": PRETRAINED if init_from is not None else None, "final_step": train_summary["final_step"],
+                  "lr": cfg.train.lr, "workers": workers, "last_metrics": train_summary["last_metrics"]},
+        # The packaged model before fine-tuning, on the same held-out pairs with its own recorded sampler.
+        "packaged_model": None if shipped is None else {
+            "name": PRETRAINED, **{k: shipped[k] for k in ("sampler", "steps", "strength", "psnr_restored",
+                                                         "ssim_restored", "lkpn_latent_mse")}},
         "sampling": sampling,  # recorded in the model directory; deblur / eval / serve defaults
         "sampling_validation": validation,
         "serve": serve_result,
@@ -231,16 +256,20 @@ def run_demo(output: str | Path, *, max_steps: int = DEFAULT_MAX_STEPS, workers:
 def _print_summary(report: dict, output: Path) -> None:
     t = report["timings_s"]
     verdict = "beats" if report["lkpn_latent_mse"] < report["blurry_latent_mse"] else "does NOT beat"
-    s = report["sampling"]
+    s, shipped, trained = report["sampling"], report["packaged_model"], report["train"]
+    origin = (f"fine-tuned {trained['init_from']} for {trained['final_step']} steps" if trained["init_from"]
+              else f"trained from scratch for {trained['final_step']} steps")
     print("\n".join([
         "",
         f"deblurdiff demo: done in {t['total'] / 60:.1f} min -> {output}",
         f"  blur                  recipe {report['recipe']}, {report['crop']} px crops",
+        f"  model                 {origin}",
         f"  held-out pairs        {report['held_out_pairs']} (from {', '.join(report['held_out_photos'])}; "
         f"never trained or tuned on)",
         f"  sampler (validated)   {s['sampler']}, {s['steps']} steps, strength {s['strength']:g} "
         f"(recorded in the model directory)",
-        f"  PSNR blurry/restored  {report['psnr_blurry']:.2f} dB -> {report['psnr_restored']:.2f} dB",
+        f"  PSNR blurry/restored  {report['psnr_blurry']:.2f} dB -> {report['psnr_restored']:.2f} dB"
+        + (f" (as packaged, before fine-tuning: {shipped['psnr_restored']:.2f} dB)" if shipped else ""),
         f"  SSIM blurry/restored  {report['ssim_blurry']:.3f} -> {report['ssim_restored']:.3f}",
         f"  latent MSE (sampling) z_b {report['blurry_latent_mse']:.5f} -> ẑ {report['lkpn_latent_mse']:.5f} "
         f"(ẑ {verdict} the blurry latent)",

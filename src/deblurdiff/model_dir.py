@@ -14,10 +14,17 @@ __all__ = ["check_model_dir", "load_pipeline", "record_sampling"]
 
 
 def check_model_dir(path: str | Path, flag: str = "--model") -> str:
-    """A pipeline directory (``save_pretrained`` output) as an absolute path, or a UsageError."""
+    """A pipeline directory (``save_pretrained`` output) as an absolute path, or a UsageError. The name
+    of a packaged pipeline (``deblurdiff.pretrained``) stands for its directory unless a path of that
+    name exists."""
+    from deblurdiff.pretrained import PACKAGED_MODELS, packaged_model
+
     p = Path(path)
+    if not p.exists() and packaged_model(str(path)) is not None:
+        p = packaged_model(str(path))
     if not p.exists():
-        raise UsageError(f"{flag} {path}: no such directory")
+        raise UsageError(f"{flag} {path}: no such directory (nor a packaged model: "
+                         f"{', '.join(PACKAGED_MODELS)})")
     if not p.is_dir():
         raise UsageError(f"{flag} {path}: not a directory (expected a pipeline saved with save_pretrained)")
     if not (p / "model_index.json").is_file():

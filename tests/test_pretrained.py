@@ -1,0 +1,72 @@
+"""The packaged ``tiny-small-handheld`` pipeline: found by name, safetensors only, its provenance beside
+it, and it restores blurred crops of photos it was never trained on better than the blurry input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deblurdiff.demo import HELD_OUT_PHOTOS, RECIPE, TRAIN_PHOTOS, VALIDATION_PHOTOS, _photo_paths
+from deblurdiff.errors import UsageError
+from deblurdiff.model_dir import check_model_dir, load_pipeline
+from deblurdiff.pretrained import PACKAGED_MODELS, packaged_model
+
+NAME = "tiny-small-handheld"
+
+
+def test_the_name_stands_for_the_packaged_directory_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
+    assert NAME in PACKAGED_MODELS
+    assert Path(check_model_dir(NAME)) == packaged_model(NAME)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / NAME).mkdir()  # the user's own folder of that name wins, and is checked as a model directory
+    with pytest.raises(UsageError, match="not a DeblurDiff pipeline directory"):
+        check_model_dir(NAME)
+    with pytest.raises(UsageError, match=r"--model tiny-big: no such directory \(nor a packaged model: "):
+        check_model_dir("tiny-big")
+
+
+def test_weights_are_safetensors_and_the_provenance_says_how_to_rebuild_them():
+    import json
+
+    root = packaged_model(NAME)
+    weights = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix != ".json")
+    assert weights and all(w.endswith(".safetensors") for w in weights), weights  # nothing that unpickles
+    provenance = json.loads((root / "provenance.json").read_text())
+    assert provenance["recipe"] == RECIPE and provenance["seed"] == 0
+    assert tuple(provenance["train_photos"]) == TRAIN_PHOTOS  # never the held-out or validation photos
+    commands = " ".join(provenance["commands"])
+    for needed in ("deblurdiff synth", "deblurdiff train --config $REPO/configs/tiny.yaml", "--recipe small-handheld",
+                   *TRAIN_PHOTOS, *VALIDATION_PHOTOS):
+        assert needed in commands, needed
+    assert not any(photo in commands for photo in HELD_OUT_PHOTOS)
+    assert load_pipeline(NAME, device="cpu").default_sampling() == provenance["sampling"]
+
+
+def _held_out_crops(per_photo: int = 6, crop: int = 64) -> torch.Tensor:
+    """(N, 3, crop, crop) in [0, 1]: a fixed grid of crops of the demo's held-out photos."""
+    from deblurdiff.imageio import read_rgb
+
+    crops = []
+    for path in _photo_paths(HELD_OUT_PHOTOS):
+        image = read_rgb(path)
+        h, w = image.shape[:2]
+        for i in range(per_photo):
+            y = (h - crop) * ((i * 7) % per_photo) // max(per_photo - 1, 1)
+            x = (w - crop) * i // max(per_photo - 1, 1)
+            crops.append(image[y:y + crop, x:x + crop])
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+
+
+def test_it_restores_photos_it_never_saw_with_its_recorded_settings():
+    from deblurdiff.blur_synthesis import synthesize
+    from deblurdiff.evaluation import psnr
+
+    sharp = _held_out_crops()
+    blurry = synthesize(sharp, recipe=RECIPE, seeds=list(range(100, 100 + len(sharp)))).blurry
+    pipe = load_pipeline(NAME, device="cpu")
+    restored = pipe(blurry, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    before, after = psnr(blurry, sharp), psnr(restored.clamp(0, 1), sharp)
+    assert after > before + MARGIN_DB, (before, after)
