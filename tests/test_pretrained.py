@@ -15,6 +15,9 @@ from deblurdiff.model_dir import check_model_dir, load_pipeline
 from deblurdiff.pretrained import PACKAGED_MODELS, packaged_model
 
 NAME = "tiny-small-handheld"
+# Measured on these 12 crops (2026-12-04): 32.58 -> 33.19 dB. Half of that gain, so the check fails when
+# the shipped weights, the recorded settings or the sampler stop restoring, not on rounding.
+MARGIN_DB = 0.3
 
 
 def test_the_name_stands_for_the_packaged_directory_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
@@ -67,6 +70,7 @@ def test_it_restores_photos_it_never_saw_with_its_recorded_settings():
     sharp = _held_out_crops()
     blurry = synthesize(sharp, recipe=RECIPE, seeds=list(range(100, 100 + len(sharp)))).blurry
     pipe = load_pipeline(NAME, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
     restored = pipe(blurry, generator=torch.Generator().manual_seed(0), output_type="pt").images
     before, after = psnr(blurry, sharp), psnr(restored.clamp(0, 1), sharp)
     assert after > before + MARGIN_DB, (before, after)

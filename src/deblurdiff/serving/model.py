@@ -104,8 +104,9 @@ class DeblurModel:
     def __init__(self, model_dir: str, device: str = "auto"):
         import torch
 
-        from deblurdiff.ops import eac_backend
         from deblurdiff.diffusion import SAMPLERS, DeblurDiffPipeline
+        from deblurdiff.model_dir import check_model_dir
+        from deblurdiff.ops import eac_backend
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,8 +114,9 @@ class DeblurModel:
             raise RuntimeError(f"device={device!r} but this replica sees no CUDA device "
                                "(give the deployment num_gpus or use device=cpu)")
         self.device = torch.device(device)
-        # Weights are loaded once per replica, here; requests only run inference.
-        self.pipe = DeblurDiffPipeline.from_pretrained(model_dir).to(self.device)
+        # Weights are loaded once per replica, here; requests only run inference. The directory is
+        # checked (and a packaged model's name resolved) first: from_pretrained would try the hub.
+        self.pipe = DeblurDiffPipeline.from_pretrained(check_model_dir(model_dir, flag="model")).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._fatal: str | None = None
         self._replica = serve.get_replica_context().replica_id.unique_id
