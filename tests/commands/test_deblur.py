@@ -108,3 +108,13 @@ def test_strength_that_leaves_no_step_exits_2(cli, model_dir, tmp_path):
     r = cli("deblur", str(tmp_path / "a.png"), "--model", str(model_dir), "--output", str(tmp_path / "o"),
             "--steps", "4", "--strength", "0.1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "strength" in r.stderr
+
+
+def test_the_packaged_model_deblurs_by_name_with_no_other_flags(cli, tmp_path):
+    """`deblurdiff deblur photo.png --model tiny-small-handheld`: the shipped model, its recorded settings."""
+    Image.fromarray(photo(40, 48)).save(tmp_path / "cat.png")
+    # run where no folder of that name exists: the name means the packaged model
+    r = cli("deblur", "cat.png", "--model", "tiny-small-handheld", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "out" / "cat.png").size == (48, 40)
+    assert "dpmpp" in r.stderr + r.stdout  # the settings it reports are the packaged model's

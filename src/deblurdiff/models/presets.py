@@ -91,6 +91,9 @@ def tiny(base_model: str | None = None, random_init: bool = True,
     - Trained (``configs/tiny.yaml``) with ``train.noise_from: estimate`` and ``train.max_timestep: 300``: the
       diffusion branch learns from x_t noised from ẑ, as sampling from ẑ meets it, and stops adding
       noise (one recipe, 500 steps: held-out 31.98 → 33.00 dB, blurry 33.00; RESULTS.md, "fourth round").
+    - Also trained with ``train.fidelity_loss: psnr`` (per-sample PSNR instead of the batch MSE): pooled MSE
+      let ẑ lose up to 3 dB on the cleanest crops; 500 steps, held-out 32.67 → 33.27 dB (RESULTS.md, "fifth
+      round"). ``deblurdiff.pretrained`` ships this preset trained for 2500 steps (``tiny-small-handheld``).
     - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
       its UNet is a pretrained Stable Diffusion; no pretrained tiny UNet exists, and a frozen random
       one predicts nothing useful, so the tiny preset trains its UNet too.
