@@ -48,7 +48,7 @@ HELD_OUT_PHOTOS = ("chelsea.png", "coffee.png")
 BLURRED_PHOTO = "clock_motion.png"  # a real motion-blurred photo
 RECIPE = "small-handheld"  # built-in: camera shake 3–11 px, defocus radius ≤ 2, realistic's noise and JPEG
 CROP = 64  # tiny trains on 64×64 crops
-TRAIN_CROPS_PER_IMAGE = 64  # 704 pairs: the set tiny-small-handheld was trained on (PROVENANCE.md)
+TRAIN_CROPS_PER_IMAGE = 64  # 704 pairs: the set tiny-small-handheld was trained on (its provenance.json)
 VALIDATION_CROPS_PER_IMAGE = 4  # 8 pairs: enough to rank a few sampler settings, cheap to score
 HELD_OUT_CROPS_PER_IMAGE = 6  # 2 photos × 6 = 12 held-out pairs (≥ 8)
 PRETRAINED = "tiny-small-handheld"  # the packaged pipeline the demo fine-tunes (deblurdiff.pretrained)
@@ -271,6 +271,8 @@ def _print_summary(report: dict, output: Path) -> None:
         f"  PSNR blurry/restored  {report['psnr_blurry']:.2f} dB -> {report['psnr_restored']:.2f} dB"
         + (f" (as packaged, before fine-tuning: {shipped['psnr_restored']:.2f} dB)" if shipped else ""),
         f"  SSIM blurry/restored  {report['ssim_blurry']:.3f} -> {report['ssim_restored']:.3f}",
+        f"  target                PSNR +1.0 dB and a higher SSIM: "
+        f"{'met' if report['restored_beats_blurry'] else 'NOT met'}",
         f"  latent MSE (sampling) z_b {report['blurry_latent_mse']:.5f} -> ẑ {report['lkpn_latent_mse']:.5f} "
         f"(ẑ {verdict} the blurry latent)",
         f"  serve                 HTTP {report['serve']['status']}, output {report['serve']['size'][0]}x"

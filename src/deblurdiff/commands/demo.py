@@ -10,8 +10,9 @@ def register(subparsers) -> None:
         "demo", help="the quickstart: synth -> train -> eval -> deblur -> serve on the tiny preset",
         description="On a local Ray instance with the tiny preset (CPU, nothing downloaded): synthesise "
                     "blurred pairs from scikit-image's bundled photos, fine-tune the packaged tiny model "
-                    "with Ray Train + DeepSpeed (2 workers), evaluate on held-out pairs, deblur a real motion-blurred photo, serve "
-                    "one request, and write report.json + before_after.png. About 10 min on 2 cores.")
+                    "with Ray Train + DeepSpeed (2 workers), evaluate on held-out pairs, deblur a real "
+                    "motion-blurred photo, serve one request, and write report.json + before_after.png. "
+                    "About 6-10 min on 2 cores.")
     parser.add_argument("--output", default="demo-output", help="directory to write into (default demo-output)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="training steps (default: deblurdiff.demo.DEFAULT_MAX_STEPS fine-tuning the packaged "

@@ -3,7 +3,7 @@
 
 ``tiny-small-handheld``: the tiny preset trained by ``deblurdiff train`` on scikit-image's bundled
 photos (the demo's training split) blurred with the ``small-handheld`` recipe. Every command, input,
-seed and measured number that produced it is in its ``PROVENANCE.md``; ``deblurdiff demo`` fine-tunes
+seed and measured number that produced it is in its ``provenance.json``; ``deblurdiff demo`` fine-tunes
 it. A few MB of safetensors: loading it runs no code.
 """
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["AUGMENTATIONS", "dihedral_pairs"]
-
-AUGMENTATIONS = ("none", "dihedral")
+__all__ = ["dihedral_pairs"]
 
 
 def dihedral_pairs(sharp: torch.Tensor, blurry: torch.Tensor, generator: torch.Generator
