@@ -9,16 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from deblurdiff.errors import UsageError
+from deblurdiff.pretrained import PACKAGED_MODELS, packaged_model
 
-__all__ = ["check_model_dir", "load_pipeline", "record_sampling"]
+__all__ = ["MODEL_HELP", "check_model_dir", "load_pipeline", "record_sampling"]
+
+# The --model help of every command that takes one.
+MODEL_HELP = ("a DeblurDiffPipeline directory (save_pretrained / deblurdiff train output), or the name of a "
+              f"packaged one: {', '.join(PACKAGED_MODELS)}")
 
 
 def check_model_dir(path: str | Path, flag: str = "--model") -> str:
     """A pipeline directory (``save_pretrained`` output) as an absolute path, or a UsageError. The name
     of a packaged pipeline (``deblurdiff.pretrained``) stands for its directory unless a path of that
     name exists."""
-    from deblurdiff.pretrained import PACKAGED_MODELS, packaged_model
-
     p = Path(path)
     if not p.exists() and packaged_model(str(path)) is not None:
         p = packaged_model(str(path))

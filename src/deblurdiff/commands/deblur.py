@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from deblurdiff.errors import UsageError
+from deblurdiff.model_dir import MODEL_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("deblur", help="deblur images with a trained pipeline",
                               description="Deblur image files (or every image in the given folders).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    p.add_argument("--model", required=True, metavar="DIR", help="a DeblurDiffPipeline directory (save_pretrained)")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
     p.add_argument("--output", required=True, metavar="DIR", help="where to write <name>.png")
     # Unset --steps/--sampler/--strength: the settings the model was validated with (recorded in its
     # directory: model_index.json "sampling"), else the released 50-step DDPM from noise.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from deblurdiff.model_dir import MODEL_HELP
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -11,7 +13,7 @@ def register(subparsers) -> None:
         description="Restore paired data (WebDataset shards from `deblurdiff synth`, or folders blur/ + "
                     "sharp/ with matching names) and write PSNR/SSIM/latent-error metrics: a summary JSON "
                     "at --output, a per-image CSV and a contact sheet beside it.")
-    parser.add_argument("--model", required=True, help="a DeblurDiffPipeline directory (save_pretrained)")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--data", required=True, help="shard file/folder, or a folder holding blur/ and sharp/")
     parser.add_argument("--output", required=True, help="summary JSON file to write")
     # Unset: the settings the model was validated with (recorded in its directory), as `deblur` uses.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from deblurdiff.model_dir import MODEL_HELP
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
                     "(Ray Serve; autoscaled, batched). Stops cleanly on SIGTERM / Ctrl-C.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="pipeline directory (save_pretrained output)")
+    p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--address", default=None,
