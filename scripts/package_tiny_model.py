@@ -18,21 +18,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deblurdiff.demo import RECIPE, SAMPLING_CANDIDATES, TRAIN_PHOTOS, VALIDATION_PHOTOS
+from deblurdiff.demo import (CROP, PRETRAINED, RECIPE, SAMPLING_CANDIDATES, TRAIN_CROPS_PER_IMAGE, TRAIN_PHOTOS,
+                             VALIDATION_CROPS_PER_IMAGE, VALIDATION_PHOTOS)
 from deblurdiff.evaluation import choose_sampling, score_sampling
 from deblurdiff.model_dir import load_pipeline, record_sampling
 from deblurdiff.pretrained import packaged_model
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = "tiny-small-handheld"
+NAME = PRETRAINED
 SKIMAGE_DATA = 'cd "$(python -c \'import os, skimage; print(os.path.join(os.path.dirname(skimage.__file__), "data"))\')"'
 # What produced the packaged weights, in order (run from a clone of this repository, REPO=its root).
 COMMANDS = [
     SKIMAGE_DATA,
     f"deblurdiff synth --input {' '.join(TRAIN_PHOTOS)} --output $REPO/work/pairs/train --recipe {RECIPE} "
-    "--crop 64 --crops-per-image 64 --seed 0 --shard-size 64",
+    f"--crop {CROP} --crops-per-image {TRAIN_CROPS_PER_IMAGE} --seed 0 --shard-size 64",
     f"deblurdiff synth --input {' '.join(VALIDATION_PHOTOS)} --output $REPO/work/pairs/validation --recipe {RECIPE} "
-    "--crop 64 --crops-per-image 4 --seed 2 --shard-size 64",
+    f"--crop {CROP} --crops-per-image {VALIDATION_CROPS_PER_IMAGE} --seed 2 --shard-size 64",
     "cd $REPO/work",
     "deblurdiff train --config $REPO/configs/tiny.yaml --set data.shards=pairs/train "
     "--set data.validation_shards=pairs/validation --set train.max_steps=2500 --set train.validate_every=500 "
@@ -52,7 +53,7 @@ def main(run_dir: str, validation: str) -> None:
         "data": "validation pairs (provenance.json)", "photos": list(VALIDATION_PHOTOS), "candidates": rows})
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     provenance = {
-        "name": NAME, "preset": "tiny", "recipe": RECIPE, "crop": 64, "seed": 0,
+        "name": NAME, "preset": "tiny", "recipe": RECIPE, "crop": CROP, "seed": 0,
         "train_photos": list(TRAIN_PHOTOS), "validation_photos": list(VALIDATION_PHOTOS),
         "photos_from": "scikit-image's bundled skimage/data/ (in its wheel; nothing downloaded)",
         "commands": COMMANDS, "code_commit": commit,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from deblurdiff.evaluation import TIE_DB
 from deblurdiff.demo import (BLURRED_PHOTO, CROP, FINETUNE_LR, HELD_OUT_CROPS_PER_IMAGE, HELD_OUT_PHOTOS, PRETRAINED,
                              RECIPE, TRAIN_PHOTOS, VALIDATION_PHOTOS, _photo_paths, _training_config)
+from deblurdiff.evaluation import TIE_DB
 
 
 def test_photos_are_bundled_and_the_three_splits_are_disjoint():

@@ -28,7 +28,7 @@ from deblurdiff.models.objective import NoisePrediction, predict_noise
 from deblurdiff.models.presets import COMPONENTS, PRESETS
 from deblurdiff.pixels import to_float, to_uint8
 
-__all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "RELEASED_SAMPLING", "SAMPLERS", "check_sampling", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
+__all__ = ["COLOUR_FIXES", "OUTPUT_TYPES", "RELEASED_SAMPLING", "SAMPLERS", "check_sampling", "denoising_steps", "DeblurDiffPipeline", "DeblurDiffPipelineOutput"]
 
 
 def _ddpm(config) -> DDPMScheduler:
@@ -187,7 +187,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer in [1, 1000], got {num_inference_steps!r}")
         if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
-        if _denoising_steps(num_inference_steps, strength) < 1:
+        if denoising_steps(num_inference_steps, strength) < 1:
             raise ValueError(f"strength {strength} with num_inference_steps {num_inference_steps} leaves no "
                              f"denoising step; use strength >= {1 / num_inference_steps:.3g} or more steps")
         if sampler not in SAMPLERS:
@@ -298,7 +298,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
         # 3. timesteps: all of them, or (strength < 1) only the last int(steps · strength), as img2img does
         scheduler = self.make_scheduler(sampler)
         scheduler.set_timesteps(steps, device=device)
-        begin = steps - _denoising_steps(steps, strength)
+        begin = steps - denoising_steps(steps, strength)
         if hasattr(scheduler, "set_begin_index"):  # multistep solvers index their state from it (DDPM has none)
             scheduler.set_begin_index(begin)
         timesteps_to_run = scheduler.timesteps[begin:]
@@ -377,13 +377,13 @@ def check_sampling(sampling: dict | None) -> dict | None:
     steps, strength = sampling["steps"], sampling["strength"]
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000:
         raise ValueError(f"sampling.steps must be an integer in [1, 1000], got {steps!r}")
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1 or _denoising_steps(steps, strength) < 1:
+    if not isinstance(strength, (int, float)) or not 0 < strength <= 1 or denoising_steps(steps, strength) < 1:
         raise ValueError(f"sampling.strength must be in (0, 1] and leave at least one of the {steps} steps, "
                          f"got {strength!r}")
     return {"sampler": sampling["sampler"], "steps": steps, "strength": float(strength)}
 
 
-def _denoising_steps(num_inference_steps: int, strength: float) -> int:
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
     """Steps actually run at ``strength`` (diffusers' img2img rule: int(steps · strength))."""
     return min(int(num_inference_steps * strength), num_inference_steps)
 

@@ -297,10 +297,12 @@ TIE_DB = 0.05  # validation PSNRs closer than this are a tie (below the demo's r
 
 def choose_sampling(rows: list[dict], tie_db: float = TIE_DB) -> dict:
     """The setting with the highest validation PSNR among :func:`score_sampling`'s rows; of settings
-    within ``tie_db`` of it, the one that runs the fewest denoising steps (int(steps · strength): what a
+    within ``tie_db`` of it, the one that runs the fewest denoising steps (``denoising_steps``: what a
     user waits for), then the higher PSNR. A tiny model whose UNet has learned to leave ẑ alone scores
     the same at every strength, and should not be served at ten times the cost for 0.001 dB."""
+    from deblurdiff.diffusion import denoising_steps
+
     top = max(r["psnr_restored"] for r in rows)
     tied = [r for r in rows if r["psnr_restored"] >= top - tie_db]
-    best = min(tied, key=lambda r: (max(1, int(r["steps"] * r["strength"])), -r["psnr_restored"]))
+    best = min(tied, key=lambda r: (denoising_steps(r["steps"], r["strength"]), -r["psnr_restored"]))
     return {k: best[k] for k in ("sampler", "steps", "strength")}

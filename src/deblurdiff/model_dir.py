@@ -23,8 +23,8 @@ def check_model_dir(path: str | Path, flag: str = "--model") -> str:
     of a packaged pipeline (``deblurdiff.pretrained``) stands for its directory unless a path of that
     name exists."""
     p = Path(path)
-    if not p.exists() and packaged_model(str(path)) is not None:
-        p = packaged_model(str(path))
+    if not p.exists():
+        p = packaged_model(str(path)) or p
     if not p.exists():
         raise UsageError(f"{flag} {path}: no such directory (nor a packaged model: "
                          f"{', '.join(PACKAGED_MODELS)})")

@@ -311,10 +311,12 @@ def validation_sampling(cfg, pipe) -> dict:
     """The sampler settings training's validation restores with: DPM-Solver++, train.validation_steps,
     from the highest strength the run trains for (max_timestep / T; 1.0: pure noise), with enough steps
     that at least one denoising step runs there (img2img runs int(steps · strength))."""
+    from deblurdiff.diffusion import denoising_steps
+
     total = pipe.scheduler.config.num_train_timesteps
     strength = min(cfg.train.max_timestep or total, total) / total
     steps = cfg.train.validation_steps
-    while int(steps * strength) < 1:
+    while denoising_steps(steps, strength) < 1:
         steps += 1
     return {"sampler": "dpmpp", "steps": steps, "strength": strength}
 
