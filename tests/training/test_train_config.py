@@ -49,6 +49,8 @@ def test_tiny_config_is_cpu_two_workers():
     ("wandb.mode=cloud", r"wandb\.mode"),
     ("train.noise_from=blurry", r"train\.noise_from"),
     ("train.max_timestep=1001", r"train\.max_timestep"),
+    ("train.fidelity_loss=l1", r"train\.fidelity_loss"),
+    ("data.augment=flip", r"data\.augment"),
 ])
 def test_bad_keys_and_values_name_the_dotted_key(override, key):
     with pytest.raises(UsageError, match=key):
