@@ -1,0 +1,132 @@
+"""How far the tiny preset's LKPN alone gets on a set of pairs: a fast probe for design choices.
+
+    .venv/bin/python benchmarks/lkpn_reach.py --train TRAIN_SHARDS --eval held_out=DIR [--eval other=DIR ...]
+        [--steps 600] [--kernel-size 5] [--width 16] [--batch-size 8] [--loss psnr|mse] [--psnr-cap DB] [--oracle]
+
+The demo's restoration is the LKPN's estimate ẑ (its sampler runs one step at strength 0.05 and every
+strength scores within 0.03 dB: RESULTS.md, "fifth round"), so an LKPN trained on its own, in one
+process, without Ray, DeepSpeed or the diffusion branch, measures what a recipe, kernel size, width or
+training length can buy at about a third of a full training step's cost. It trains exactly as
+``configs/tiny.yaml`` trains the LKPN's fit: blind (reads z_b alone), zero-sum kernels, per-sample PSNR
+loss, dihedral augmentation, AdamW at 1e-3 with 20 warm-up steps and a cosine decay to a tenth,
+gradient clipping at 1.0. Pairs are ``deblurdiff synth`` shards (or blur/ + sharp/ folders).
+
+Prints, four times during training, one row per evaluation set: mean per-pair PSNR and SSIM of the
+blurry input and of ẑ decoded. ``--oracle``: first, the PSNR of the best single k×k linear filter per
+pair, fitted by least squares *against the sharp image* (k = 5, 9): a bound on what one spatially
+invariant filter could do, not reachable blind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deblurdiff.diffusion import DeblurDiffPipeline
+from deblurdiff.evaluation import Pair, _ssim, iter_pairs, psnr  # eval's own metrics, so the numbers compare
+from deblurdiff.models.lkpn import LKPN
+from deblurdiff.pixels import to_float
+from deblurdiff.training.augment import dihedral_pairs
+
+
+def load_pairs(data: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sharp, blurry), each (N, 3, H, W) float in [0, 1]; skipped pairs are left out."""
+    pairs = [p for p in iter_pairs(data) if isinstance(p, Pair)]
+    as_batch = lambda images: to_float(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))  # noqa: E731
+    return as_batch([p.sharp for p in pairs]), as_batch([p.blurry for p in pairs])
+
+
+def tiny_lkpn(kernel_size: int, width: int) -> LKPN:
+    """The tiny preset's LKPN (models.presets.tiny) with its kernel size and base width as knobs."""
+    return LKPN(latent_channels=3, kernel_size=kernel_size, attention_heads=4, zero_sum_kernels=True, reads_x_t=False,
+                block_out_channels=(width, 2 * width, 2 * width), layers_per_block=1, norm_num_groups=8,
+                down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                cross_attention_dim=32, use_linear_projection=True)
+
+
+def oracle_linear_filter(sharp: torch.Tensor, blurry: torch.Tensor, k: int) -> torch.Tensor:
+    """Per pair and channel, the k×k filter (+ offset) that best maps blurry to sharp (least squares)."""
+    out = torch.empty_like(blurry)
+    for i in range(len(blurry)):
+        taps = F.unfold(F.pad(blurry[i : i + 1].double(), (k // 2,) * 4, mode="reflect"), k)[0]  # (3·k², H·W)
+        for c in range(3):
+            a = torch.cat([taps[c * k * k : (c + 1) * k * k].T, torch.ones(taps.shape[1], 1, dtype=torch.float64)], 1)
+            fit = a @ torch.linalg.lstsq(a, sharp[i, c].reshape(-1, 1).double()).solution
+            out[i, c] = fit.reshape(sharp.shape[-2:]).float()
+    return out.clamp(0, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train", required=True, help="training pairs (shards or blur/ + sharp/ folders)")
+    parser.add_argument("--eval", action="append", required=True, metavar="NAME=DIR", help="an evaluation set")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--width", type=int, default=16, help="base channels (tiny: 16; levels w, 2w, 2w)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--oracle", action="store_true", help="also print the per-pair linear-filter bound")
+    parser.add_argument("--loss", choices=("psnr", "mse"), default="psnr", help="train.fidelity_loss")
+    parser.add_argument("--psnr-cap", type=float, default=None, metavar="DB",
+                        help="psnr loss only: add the MSE of a DB-dB image to each sample's MSE, so pairs already "
+                             "better than DB stop dominating the gradient (default: tiny.yaml's 1e-8 floor)")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+
+    train_sharp, train_blurry = load_pairs(args.train)
+    sets = {name: load_pairs(path) for name, path in (spec.split("=", 1) for spec in args.eval)}
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"{len(train_sharp)} training pairs; kernel {args.kernel_size}, width {args.width}, {args.steps} steps, "
+          f"loss {args.loss}" + (f" capped at {args.psnr_cap:g} dB" if args.psnr_cap else ""))
+    if args.oracle:
+        for name, (sharp, blurry) in sets.items():
+            bounds = ", ".join(f"{k}×{k} {psnr(oracle_linear_filter(sharp, blurry, k), sharp):.2f}" for k in (5, 9))
+            print(f"oracle {name}: blurry {psnr(blurry, sharp):.2f} dB -> best linear filter per pair {bounds} dB")
+
+    pipe = DeblurDiffPipeline.from_preset("tiny", seed=args.seed)  # the exact autoencoder and empty context
+    lkpn = tiny_lkpn(args.kernel_size, args.width)
+    optimizer = torch.optim.AdamW(lkpn.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup, lr_floor = 20, 0.1
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
+        lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    generator = torch.Generator().manual_seed(args.seed)
+    # The latent is 2·M(2x − 1) with M orthonormal, so a latent MSE is 16× the image MSE in [0, 1].
+    floor = 1e-8 if args.psnr_cap is None else 16 * 10 ** (-args.psnr_cap / 10)
+
+    @torch.no_grad()
+    def restore(blurry: torch.Tensor) -> torch.Tensor:
+        z_b = pipe.encode(blurry, blurry=True)
+        return pipe.decode(lkpn(z_b, z_b, 0, pipe.null_text_embedding(len(z_b))).z_hat)
+
+    print("| step | set | PSNR blurry → ẑ | SSIM blurry → ẑ |\n|---|---|---|---|")
+    started = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        index = torch.randint(0, len(train_sharp), (args.batch_size,), generator=generator)
+        sharp, blurry = dihedral_pairs(train_sharp[index], train_blurry[index], generator)
+        z_0, z_b = pipe.encode(sharp), pipe.encode(blurry, blurry=True)
+        z_hat = lkpn(z_b, z_b, 0, pipe.null_text_embedding(len(z_b))).z_hat
+        error = (z_hat - z_0).square().flatten(1).mean(1)  # (B,) per-sample latent MSE
+        loss = error.mean() if args.loss == "mse" else 10 * torch.log10(error + floor).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lkpn.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % max(1, args.steps // 4) == 0 or step == args.steps:
+            for name, (sharp, blurry) in sets.items():
+                restored = restore(blurry)
+                print(f"| {step} | {name} | {psnr(blurry, sharp):.2f} → {psnr(restored, sharp):.2f} | "
+                      f"{_ssim(blurry, sharp):.3f} → {_ssim(restored, sharp):.3f} |", flush=True)
+    print(f"# {time.perf_counter() - started:.0f} s of training")
+
+
+if __name__ == "__main__":
+    main()
