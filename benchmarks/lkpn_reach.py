@@ -6,10 +6,10 @@
 The demo's restoration is the LKPN's estimate ẑ (its sampler runs one step at strength 0.05 and every
 strength scores within 0.03 dB: RESULTS.md, "fifth round"), so an LKPN trained on its own, in one
 process, without Ray, DeepSpeed or the diffusion branch, measures what a recipe, kernel size, width or
-training length can buy in 0.23 s a step on 2 CPU cores where the demo's training takes 0.5–0.6 s. It trains exactly as
-``configs/tiny.yaml`` trains the LKPN's fit: blind (reads z_b alone), zero-sum kernels, per-sample PSNR
-loss, dihedral augmentation, AdamW at 1e-3 with 20 warm-up steps and a cosine decay to a tenth,
-gradient clipping at 1.0. Pairs are ``deblurdiff synth`` shards (or blur/ + sharp/ folders).
+training length can buy, in 0.23 s a step on 2 CPU cores (the demo's training: 0.5–0.6 s). It trains
+exactly as ``configs/tiny.yaml`` trains the LKPN's fit: blind (reads z_b alone), zero-sum kernels,
+per-sample PSNR loss, dihedral augmentation, AdamW at 1e-3 with 20 warm-up steps and a cosine decay
+to a tenth, gradient clipping at 1.0. Pairs are ``deblurdiff synth`` shards (or blur/ + sharp/ folders).
 
 Prints, four times during training, one row per evaluation set: mean per-pair PSNR and SSIM of the
 blurry input and of ẑ decoded. ``--oracle``: first, the PSNR of the best single k×k linear filter per
@@ -83,7 +83,7 @@ def main() -> None:
 
     train_sharp, train_blurry = load_pairs(args.train)
     sets = {name: load_pairs(path) for name, path in (spec.split("=", 1) for spec in args.eval)}
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{len(train_sharp)} training pairs; kernel {args.kernel_size}, width {args.width}, {args.steps} steps, "
           f"loss {args.loss}" + (f" capped at {args.psnr_cap:g} dB" if args.psnr_cap else ""))
     if args.oracle:
