@@ -79,6 +79,8 @@ def main() -> None:
                         help="psnr loss only: add the MSE of a DB-dB image to each sample's MSE, so pairs already "
                              "better than DB stop dominating the gradient (default: tiny.yaml's 1e-8 floor)")
     args = parser.parse_args()
+    if bad := [spec for spec in args.eval if "=" not in spec]:
+        parser.error(f"--eval {bad[0]}: expected NAME=DIR")
     torch.manual_seed(args.seed)
 
     train_sharp, train_blurry = load_pairs(args.train)
