@@ -185,9 +185,9 @@ class DeblurDiffPipeline(DiffusionPipeline):
                      strength=1.0):
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
             raise ValueError(f"num_inference_steps must be an integer in [1, 1000], got {num_inference_steps!r}")
-        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
-        if denoising_steps(num_inference_steps, strength) < 1:
+        if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+            raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+        if strength > 0 and denoising_steps(num_inference_steps, strength) < 1:
             raise ValueError(f"strength {strength} with num_inference_steps {num_inference_steps} leaves no "
                              f"denoising step; use strength >= {1 / num_inference_steps:.3g} or more steps")
         if sampler not in SAMPLERS:
@@ -247,6 +247,8 @@ class DeblurDiffPipeline(DiffusionPipeline):
                 all ``num_inference_steps`` steps. Below 1: from the LKPN's deblurred latent ẑ (computed
                 from z_b, with z_b in place of x_t) noised to the ``int(num_inference_steps · strength)``-th
                 last timestep, running only those steps: less invented detail, more fidelity, faster.
+                0: the LKPN's ẑ decoded, no denoising step (the tiny preset's default: its from-scratch
+                diffusion branch has no pretrained prior to add; benchmarks/RESULTS.md).
         """
         # 1. check inputs (unset sampler settings: the ones this model was validated with)
         defaults = self.default_sampling()
@@ -307,18 +309,17 @@ class DeblurDiffPipeline(DiffusionPipeline):
         #    run. Latents stay fp32 across steps, the networks may run in bf16.
         tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
             if tile_size else None
+        #    strength 0: ẑ itself, decoded without any denoising step.
         noise = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
         if begin == 0:
             latents = noise * scheduler.init_noise_sigma
+        elif len(timesteps_to_run) == 0:  # strength 0: the LKPN's estimate (at t = 0, the clean end)
+            latents = self._lkpn_estimate(z_b.to(dtype), torch.zeros(b, dtype=torch.long, device=device), context,
+                                          tiles).float()
         else:
             t_first = timesteps_to_run[:1].repeat(b)
-            # ẑ from z_b alone: the LKPN with z_b standing in for x_t (the sampler has no x_t yet).
-            if tiles is None:
-                z_start = self.lkpn(z_b.to(dtype), z_b.to(dtype), t_first, context).z_hat
-            else:  # tile by tile, blended like every step (the full predict_noise; its ẑ is what we need)
-                z_start = self._predict_noise(z_b.to(dtype), t_first, z_b.to(dtype), context, tiles,
-                                              control_scale).z_hat
-            latents = scheduler.add_noise(z_start.float(), noise, t_first)
+            latents = scheduler.add_noise(self._lkpn_estimate(z_b.to(dtype), t_first, context, tiles).float(),
+                                          noise, t_first)
 
         # 5. denoising loop: LKPN + EAC re-run on every x_t (iterative refinement), always on the original z_b
         z_hats, kernels, timesteps = [], [], []
@@ -337,6 +338,22 @@ class DeblurDiffPipeline(DiffusionPipeline):
         if colour_fix == "adain":
             y = adain_colour_fix(y, x)
         return y.clamp(0, 1).cpu(), z_hats, kernels, timesteps
+
+    def _lkpn_estimate(self, z_b, t, context, tiles):
+        """ẑ from z_b alone: the LKPN with z_b standing in for x_t (the sampler has no x_t yet); tile by
+        tile with the same Gaussian blending as every step when tiled. (B, C, h, w)."""
+        if tiles is None:
+            return self.lkpn(z_b, z_b, t, context).z_hat
+        z_hat = weight_sum = None
+        for (y0, y1, x0, x1) in tiles:
+            tile = z_b[..., y0:y1, x0:x1]
+            if z_hat is None:
+                z_hat = z_b.new_zeros(z_b.shape, dtype=torch.float32)
+                weight_sum = z_hat.new_zeros((1, 1, *z_hat.shape[2:]))
+            wt = _gaussian_weights(y1 - y0, x1 - x0, z_hat.device)  # (1, 1, th, tw)
+            z_hat[..., y0:y1, x0:x1] += self.lkpn(tile, tile, t, context).z_hat.float() * wt
+            weight_sum[..., y0:y1, x0:x1] += wt
+        return z_hat / weight_sum
 
     def _predict_noise(self, x_t, t, z_b, context, tiles, control_scale) -> NoisePrediction:
         """``predict_noise`` on the whole latent, or tile by tile with Gaussian-weighted blending."""
@@ -377,8 +394,10 @@ def check_sampling(sampling: dict | None) -> dict | None:
     steps, strength = sampling["steps"], sampling["strength"]
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000:
         raise ValueError(f"sampling.steps must be an integer in [1, 1000], got {steps!r}")
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1 or denoising_steps(steps, strength) < 1:
-        raise ValueError(f"sampling.strength must be in (0, 1] and leave at least one of the {steps} steps, "
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1 \
+            or (strength > 0 and denoising_steps(steps, strength) < 1):
+        raise ValueError(f"sampling.strength must be in [0, 1] (0: ẑ decoded) and, above 0, leave at least one of "
+                         f"the {steps} steps, "
                          f"got {strength!r}")
     return {"sampler": sampling["sampler"], "steps": steps, "strength": float(strength)}
 

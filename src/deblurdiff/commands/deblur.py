@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="ddpm (released) or dpmpp (DPM-Solver++, fast) (default: the model's validated sampler)")
     p.add_argument("--strength", type=float, default=None,
-                   help="where sampling starts, in (0, 1]: 1 from pure noise, lower from the noised blurry "
-                        "latent, running only that fraction of the steps (default: the model's validated "
+                   help="where sampling starts, in [0, 1]: 1 from pure noise, lower from the noised blurry "
+                        "latent, running only that fraction of the steps; 0: the LKPN's estimate decoded, no step (default: the model's validated "
                         "strength; 1 for the released model)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same output (default 0)")
     p.add_argument("--tile", type=int, default=None, metavar="N",
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_dir(args.model)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.strength is not None and not 0 < args.strength <= 1:
-        raise UsageError(f"--strength must be in (0, 1], got {args.strength:g}")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        raise UsageError(f"--strength must be in [0, 1], got {args.strength:g}")
     files, skipped = collect_inputs(args.inputs)
 
     import torch
