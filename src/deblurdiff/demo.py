@@ -52,7 +52,7 @@ VALIDATION_PHOTOS = ("coins.png", "page.png")  # sampler settings and the kept m
 # Left out: motorcycle_right.png is the other half of motorcycle_left's stereo pair (near-duplicate of a
 # held-out photo); the rest of skimage/data is synthetic, binary or too small.
 BLURRED_PHOTO = "clock_motion.png"  # a real motion-blurred photo
-BEFORE_AFTER = ("astronaut.png", 128, 160, 256, 7)  # held-out photo, top, left, crop size, blur seed
+BEFORE_AFTER = ("motorcycle_left.png", 150, 300, 256, 7)  # held-out photo, top, left, crop size, blur seed
 RECIPE = "small-handheld"  # built-in: camera shake 3–11 px, defocus radius ≤ 2, realistic's noise and JPEG
 CROP = 64  # tiny trains on 64×64 crops
 TRAIN_CROPS_PER_IMAGE = 8  # per photo and pass over the photos, drawn afresh every pass (data.images)
