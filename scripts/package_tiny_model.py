@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from deblurdiff._ray import connect
 from deblurdiff.demo import CROP, PRETRAINED, RECIPE, SAMPLING_CANDIDATES
 from deblurdiff.evaluation import choose_sampling, score_sampling
 from deblurdiff.model_dir import load_pipeline, record_sampling
@@ -59,6 +60,7 @@ def main(run_dir: str, corpus: str, trained_at: str | None = None) -> None:
     staging = target.with_name(NAME + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run / "model", staging)
+    connect("local")  # run_synth is Ray Data
     with tempfile.TemporaryDirectory(prefix="dd-package-") as tmp:
         # Validation pairs from the corpus's validation photos, as the demo makes its own (seed 2).
         run_synth([str(corpus / "validation")], tmp, recipe=RECIPE, crop=CROP,
