@@ -2,17 +2,19 @@
 
 Why not Pillow: its PNG encoder tries all five row filters on every row and keeps the best one
 (libpng's heuristic). At 512² that choice alone costs more than the compression, and the two PNGs of a
-pair were ~50 % of a ``synth`` actor's CPU. Measured on 512² photo crops and their synthesised blurs
-(one core, ms for a sharp + blurry pair / kB per pair; RESULTS.md "Data engine at full speed")::
+pair were ~50 % of a ``synth`` actor's CPU. Measured on 40 PNGs of a ``realistic`` 512² shard (one
+core, same run, machine shared; ms and kB per pair of PNGs; RESULTS.md "Data engine at full speed")::
 
-    Pillow, compress_level=1 (adaptive filters, zlib-ng level 1)       57.5 ms   920 kB
-    imagecodecs/libpng, level 1, Sub filter, Z_RLE                     18.1 ms   902 kB
-    here: Up filter (NumPy, one vector op), zlib-ng Z_HUFFMAN_ONLY      9.1 ms   882 kB
+    Pillow, compress_level=1 (adaptive filters, zlib-ng level 1)        38.2 ms   654 kB
+    Up filter + zlib-ng Z_HUFFMAN_ONLY                                   7.9 ms   767 kB
+    Up filter + zlib-ng Z_RLE (here)                                     9.8 ms   680 kB
+    Up filter + zlib-ng level 2                                         17.2 ms   629 kB
 
-On camera images the Up filter alone leaves residuals that a Huffman code (no match search) packs as
-well as LZ77 at level 1 does. Huffman-only deflate is also the same algorithm in zlib and zlib-ng: the
-bytes do not depend on which implementation (or CPU) wrote them, so equal pixels give equal files on
-every machine (a test pins stdlib ``zlib`` == ``zlib_ng``). Any PNG reader decodes them.
+The Up filter is one NumPy subtraction; run-length deflate (matches at distance 1 only, no hash
+search) packs its residuals nearly as well as level 1 LZ77 does after adaptive filtering. Z_RLE has
+no hash tables either, so zlib and zlib-ng emit the same stream: the bytes do not depend on which
+implementation (or CPU) wrote them, and equal pixels give equal files on every machine (a test pins
+stdlib ``zlib`` == ``zlib_ng``). Any PNG reader decodes them.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
     filtered[:, 0] = _FILTER_UP
     filtered[0, 1:] = rows[0]  # the row above the first one is zeros
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps: the mod-256 difference
-    deflate = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 8, zlib_ng.Z_HUFFMAN_ONLY)
+    deflate = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 8, zlib_ng.Z_RLE)
     idat = deflate.compress(filtered) + deflate.flush()
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, colour type 2 (RGB), deflate, filter 0, no interlace
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")

@@ -49,8 +49,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def encode_sample(sharp_u8: np.ndarray, blurry_u8: np.ndarray, kernel: np.ndarray, meta: dict) -> dict[str, bytes]:
-    """The members of one sample. PNG by ``png.encode_png`` (fixed filter, Huffman-only deflate: ~6x
-    faster than Pillow's, fewer bytes) and key-sorted JSON, so equal inputs give equal bytes
+    """The members of one sample. PNG by ``png.encode_png`` (fixed filter, run-length deflate: ~4x
+    faster than Pillow's level 1, ~4 % more bytes) and key-sorted JSON, so equal inputs give equal bytes
     (byte-identical shards whatever the worker or machine)."""
     return {
         BLUR: encode_png(blurry_u8),
