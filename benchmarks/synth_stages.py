@@ -1,6 +1,6 @@
 """Where a ``synth`` actor's CPU goes, stage by stage, at 256² and 512² (issue 25).
 
-    .venv/bin/python benchmarks/synth_stages.py [--sources 12] [--crops 4] [--sizes 256 512] [--recipe realistic]
+    .venv/bin/python benchmarks/synth_stages.py [--sources 12] [--crops 4] [--sizes 256 512] [--recipe realistic] [--no-thp]
 
 Runs the actor's own code (``ShardBuilder.build``, one torch thread, no Ray) over a corpus of 768×576
 JPEGs cut from scikit-image photos, and times each stage with this thread's CPU clock by wrapping the
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 
-try:  # run as a CPU synthesis actor runs: one thread, huge pages (must precede numpy/torch imports)
-    from deblurdiff.pipelines._pool import actor_env
+# As a CPU synthesis actor runs (deblurdiff.pipelines._pool.actor_env): one thread everywhere, torch's
+# large tensors on huge pages. Set before numpy/torch are imported (they read it once).
+# ``--no-thp``: small pages, as actors ran before issue 25.
+import sys  # noqa: E402
 
-    os.environ.update(actor_env(1))
-except ImportError:  # a checkout from before actor_env: one thread only
-    os.environ.update({k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+os.environ.update({k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+os.environ["THP_MEM_ALLOC_ENABLE"] = "0" if "--no-thp" in sys.argv else "1"
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -133,6 +134,7 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=4)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--recipe", default="realistic")
+    ap.add_argument("--no-thp", action="store_true", help="torch tensors on 4 KB pages (actors before issue 25)")
     args = ap.parse_args()
     import deblurdiff
 
@@ -142,7 +144,7 @@ def main() -> None:
     results = {size: measure(corpus, tmp / f"out{size}", size, args.crops, args.recipe) for size in args.sizes}
     load1 = os.getloadavg()
     print(f"# synth actor CPU by stage: {args.sources} sources (768x576 JPEG) x {args.crops} crops, recipe "
-          f"{args.recipe}, 1 thread, thread CPU time; code {Path(deblurdiff.__file__).parent}")
+          f"{args.recipe}, 1 thread, huge pages {'off' if args.no_thp else 'on'}, thread CPU time; code {Path(deblurdiff.__file__).parent}")
     print(f"# {platform.machine()} {os.cpu_count()} cores; load average {load0[0]:.2f} at start, {load1[0]:.2f} at end")
     order = ["decode", "crop", "PSF draw", "blur", "sensor", "JPEG stage", "PNG encode", "npy/json/tar", "other", "total"]
     print("| stage | " + " | ".join(f"{s}² ms/pair | {s}² %" for s in args.sizes) + " |")
