@@ -9,9 +9,13 @@ Two steps per sample, kept apart (kornia style):
    CPU generator seeded by a drawn ``noise_seed``.
 2. ``degrade(sharp, params, kernels)`` applies the stages in recipe order on the image's device.
 
-Each sample runs on its own (a (1, 3, H, W) slice), so a sample's result does not depend on the batch
-it sits in or its position there, bit for bit, on a given device and thread count. Across devices the
-draws and kernels are identical and results agree to float rounding (before the 8-bit JPEG step).
+On CPU each sample runs on its own (a (1, 3, H, W) slice), so a sample's result does not depend on the
+batch it sits in or its position there, bit for bit, for a given thread count. On a GPU (``batched``)
+samples that share their on/off choices (``signature``) run as one batch: same draws and kernels, pixels
+equal to the one-at-a-time ones to float rounding (so they may move by rounding with the batch's other
+samples; ``synth`` fixes its batches by the plan, so its shards stay byte-identical on one GPU type).
+Across devices the draws and kernels are identical and results agree to float rounding (before the
+8-bit JPEG step).
 """
 
 from __future__ import annotations
@@ -265,7 +269,7 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
 
     prepared = _map(prepare, seeds)
     # 2. image formation on sharp's device: one sample at a time (batch-independent bit for bit), or
-    #    one batch per signature (a handful of kernels launches for the whole batch on a GPU)
+    #    one batch per signature (a few kernel launches for the whole batch on a GPU)
     groups: dict[tuple, list[int]] = {}
     for i, (p, k, _) in enumerate(prepared):
         groups.setdefault(signature(p, k) if batched else (i,), []).append(i)
