@@ -191,11 +191,11 @@ def test_batched_path_same_draws_and_psfs_pixels_to_rounding(photos):
 def test_degrade_refuses_a_batch_with_mixed_choices(photos):
     from deblurdiff.blur_synthesis import build_kernels, degrade, sample_params
 
-    recipe = load_recipe("realistic")
-    ps = [sample_params(recipe, s) for s in range(30)]
-    ks = [build_kernels(p) for p in ps]
     from deblurdiff.blur_synthesis.synthesize import signature
 
-    a, b = next((i, j) for i in range(30) for j in range(30) if signature(ps[i], ks[i]) != signature(ps[j], ks[j]))
+    recipe = load_recipe("realistic")
+    drawn = ((p, build_kernels(p)) for p in (sample_params(recipe, s) for s in range(100)))
+    first = next(drawn)
+    other = next(d for d in drawn if signature(*d) != signature(*first))  # another on/off choice
     with pytest.raises(ValueError, match="one signature"):
-        degrade(photos[:2], [ps[a], ps[b]], [ks[a], ks[b]])
+        degrade(photos[:2], [first[0], other[0]], [first[1], other[1]])
