@@ -1,10 +1,14 @@
 """Blur synthesis throughput: deblurdiff.blur_synthesis vs a careful per-image NumPy/SciPy baseline.
 
     .venv/bin/python benchmarks/blur_synthesis.py [--images 12] [--repeats 3] [--skip-gpu]
+    .venv/bin/python benchmarks/blur_synthesis.py --gpu-only      # on a lent GPU: the batched path
 
 Prints a table of pairs/s per core (torch and NumPy limited to one thread: torch.set_num_threads(1)
-and OMP/MKL/OPENBLAS_NUM_THREADS=1, set before the imports) at 256^2 and 512^2 with the ``realistic``
-recipe, the time at 127-px vs 15-px kernels, and, where CUDA exists, pairs/s at 512^2 on the GPU.
+and OMP/MKL/OPENBLAS_NUM_THREADS=1, set before the imports, and torch's huge-page allocations on, as a
+synth actor runs: ``_pool.actor_env``) at 256^2 and 512^2 with the ``realistic`` recipe, the time at
+127-px vs 15-px kernels, the blur stage alone against SciPy's per-image ``fftconvolve`` with the same
+PSFs (``clean-motion``, 8 crops of 512^2), and, where CUDA exists, pairs/s at 512^2 on the GPU
+(batched and one sample at a time) beside the CPU cost of encoding a pair (what then limits ``synth``).
 
 Fairness: both sides draw the same parameters and build the same PSFs (``sample_params`` +
 ``build_kernels``: shared, so the image pipelines are compared on identical work); the baseline then
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"  # "per core": one thread everywhere (must precede numpy/torch imports)
+# As a CPU synthesis actor runs (deblurdiff.pipelines._pool.actor_env): one thread everywhere, torch's
+# large tensors on huge pages. Set before numpy/torch are imported (they read it once).
+os.environ.update({k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")})
 
 import argparse  # noqa: E402
 import io  # noqa: E402
@@ -179,7 +184,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-gpu", action="store_true")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU table (one command on a lent device)")
     args = ap.parse_args()
+    if args.gpu_only:
+        return gpu(args.repeats)
     torch.set_num_threads(1)
     recipe = load_recipe("realistic")
     seeds = list(range(args.images))
@@ -223,24 +231,71 @@ def main() -> None:
         print(f"| {k} px | {t[('ours', k)][0] / args.images * 1e3:.1f} | {t[('base', k)][0] / args.images * 1e3:.1f} |")
     print(f"| ratio 127 px / 15 px | {t[('ours', 127)][0] / t[('ours', 15)][0]:.2f}× | {t[('base', 127)][0] / t[('base', 15)][0]:.2f}× |")
 
+    stage_vs_scipy(args.repeats)
     if torch.cuda.is_available() and not args.skip_gpu:
-        torch.set_num_threads(os.cpu_count() or 1)
-        xg = photos(32, 512).cuda()
-        seeds32 = list(range(32))
-
-        def run_gpu():
-            synthesize(xg, recipe, seeds=seeds32)
-            torch.cuda.synchronize()
-
-        run_gpu()
-        t0 = time.perf_counter()
-        for _ in range(args.repeats):
-            run_gpu()
-        wall = (time.perf_counter() - t0) / args.repeats
-        print(f"\n| GPU ({torch.cuda.get_device_name()}, {torch.get_num_threads()} CPU threads for draws/JPEG) | realistic 512², batch 32 | {32 / wall:.1f} pairs/s |")
+        gpu(args.repeats)
     else:
         print("\n# GPU section skipped: no CUDA device")
 
+
+def stage_vs_scipy(repeats: int, n: int = 8, size: int = 512) -> None:
+    """The blur stage alone (issue 25): ``synthesize`` with ``clean-motion`` (one motion PSF, nothing
+    else), PSF generation included, vs SciPy's per-image ``fftconvolve`` (reflect-padded, "valid") with
+    the same PSFs built beforehand."""
+    recipe = load_recipe("clean-motion")
+    x = photos(n, size)
+    xn = x.numpy()
+    seeds = list(range(n))
+    kernels = [build_kernels(sample_params(recipe, s)).numpy()[0] for s in seeds]
+
+    def scipy_fftconvolve():
+        for img, k in zip(xn, kernels):
+            m = k.shape[-1] // 2
+            scipy.signal.fftconvolve(np.pad(img, ((0, 0), (m, m), (m, m)), mode="reflect"), k[None], mode="valid", axes=(1, 2))
+
+    t = best_times({"ours": lambda: synthesize(x, recipe, seeds=seeds), "scipy": scipy_fftconvolve}, repeats)
+    print(f"\n| blur stage alone: clean-motion {size}², {n} crops, 1 thread | ours ms/pair (PSFs drawn and built) "
+          "| SciPy fftconvolve ms/pair (same PSFs, given) | speed-up |")
+    print("|---|---|---|---|")
+    print(f"| CPU time, best of {repeats} | {t['ours'][0] / n * 1e3:.1f} | {t['scipy'][0] / n * 1e3:.1f} "
+          f"| {t['scipy'][0] / t['ours'][0]:.2f}× |")
+
+
+def gpu(repeats: int, batch: int = 64, size: int = 512) -> None:
+    """Synthesis on the GPU, batched (the default there) and one sample at a time, and the CPU cost of
+    encoding one pair for a shard (the PNGs, kernel.npy, meta.json): what bounds ``synth`` per core."""
+    from deblurdiff.pipelines.stages import encode_sample
+    from deblurdiff.pixels import to_uint8
+
+    torch.set_num_threads(os.cpu_count() or 1)  # the CPU-side draws and JPEG use a thread pool
+    recipe = load_recipe("realistic")
+    xg = photos(batch, size).cuda()
+    seeds = list(range(batch))
+    rates = {}
+    for batched in (True, False):
+        def run():
+            synthesize(xg, recipe, seeds=seeds, batched=batched)
+            torch.cuda.synchronize()
+
+        run()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        rates[batched] = batch * repeats / (time.perf_counter() - t0)
+    out = synthesize(xg[:8], recipe, seeds=seeds[:8])
+    sharp_u8 = to_uint8(xg[:8]).permute(0, 2, 3, 1).cpu().numpy()
+    blurry_u8 = to_uint8(out.blurry).permute(0, 2, 3, 1).cpu().numpy()
+    meta = {"params": out.params[0]}
+    c0 = time.process_time()
+    for i in range(8):
+        encode_sample(sharp_u8[i], blurry_u8[i], out.kernels[i].numpy(), meta)
+    encode_ms = (time.process_time() - c0) / 8 * 1e3
+    name = torch.cuda.get_device_name()
+    print(f"\n| GPU ({name}), realistic {size}², batch {batch}, {torch.get_num_threads()} CPU threads for draws/JPEG | pairs/s |")
+    print("|---|---|")
+    print(f"| synthesis, batched (default on GPU) | {rates[True]:.1f} |")
+    print(f"| synthesis, one sample at a time | {rates[False]:.1f} |")
+    print(f"| encode one pair for a shard (CPU, 1 thread): {encode_ms:.1f} ms | {1e3 / encode_ms:.1f} per core |")
 
 if __name__ == "__main__":
     main()

@@ -42,5 +42,5 @@ def to_uint8(values, truncate: bool = False):
         return (np.floor(scaled) if truncate else np.rint(scaled)).astype(np.uint8)
     import torch
 
-    scaled = values.detach().clamp(0, 1).mul(255)
-    return (scaled.floor() if truncate else scaled.round()).to(torch.uint8)
+    scaled = values.detach().clamp(0, 1).mul_(255)  # clamp makes the one copy; the rest is in place
+    return (scaled.floor_() if truncate else scaled.round_()).to(torch.uint8)

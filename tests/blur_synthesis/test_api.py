@@ -153,3 +153,49 @@ def test_each_stage_draws_from_its_own_stream():
         assert a["blur"] != b["blur"]
         for stage in ("linear_light", "saturation", "bayer", "noise", "jpeg"):
             assert a[stage] == b[stage]
+
+
+def _no_jpeg(name: str = "realistic", **stage_probs):
+    from deblurdiff.blur_synthesis import Recipe
+
+    d = load_recipe(name).to_dict()
+    d["jpeg"]["prob"] = 0.0
+    for stage, prob in stage_probs.items():
+        d[stage]["prob"] = prob
+    return Recipe.from_dict(d)
+
+
+def test_batched_path_same_draws_and_psfs_pixels_to_rounding(photos):
+    """The batched (GPU) path, run on CPU: same parameters and PSFs as one sample at a time, pixels equal
+    to float rounding (PSFs zero-padded to the batch's largest change the FFT size, not the result)."""
+    from deblurdiff.blur_synthesis.synthesize import signature
+
+    seeds = list(range(40, 48))
+    sharp = photos[..., :96, :96].repeat(2, 1, 1, 1)  # (8, 3, 96, 96)
+    # every stage on or off for all samples, so signatures repeat and batches hold several samples
+    recipe = _no_jpeg(linear_light=1.0, saturation=1.0, noise=1.0, bayer=0.0)
+    one = synthesize(sharp, recipe, seeds=seeds)
+    batch = synthesize(sharp, recipe, seeds=seeds, batched=True)
+    sigs = [signature(p, k) for p, k in zip(one.params, one.kernels)]
+    assert len(set(sigs)) < len(sigs)  # some batches hold more than one sample
+    assert batch.params == one.params
+    assert all(torch.equal(a, b) for a, b in zip(batch.kernels, one.kernels))
+    torch.testing.assert_close(batch.blurry, one.blurry, atol=1e-5, rtol=0)
+    # the full realistic recipe, JPEG included: at most a few 8-bit levels where rounding flips a value
+    full_one = synthesize(sharp, "realistic", seeds=seeds)
+    full_batch = synthesize(sharp, "realistic", seeds=seeds, batched=True)
+    assert full_batch.params == full_one.params
+    assert (full_batch.blurry - full_one.blurry).abs().mean() < 0.5 / 255
+
+
+def test_degrade_refuses_a_batch_with_mixed_choices(photos):
+    from deblurdiff.blur_synthesis import build_kernels, degrade, sample_params
+
+    from deblurdiff.blur_synthesis.synthesize import signature
+
+    recipe = load_recipe("realistic")
+    drawn = ((p, build_kernels(p)) for p in (sample_params(recipe, s) for s in range(100)))
+    first = next(drawn)
+    other = next(d for d in drawn if signature(*d) != signature(*first))  # another on/off choice
+    with pytest.raises(ValueError, match="one signature"):
+        degrade(photos[:2], [first[0], other[0]], [first[1], other[1]])
