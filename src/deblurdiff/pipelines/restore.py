@@ -305,6 +305,7 @@ class RestoreJob:
     done: list[dict]  # records of outputs already there
     failed: list[dict]  # records of inputs that cannot be restored (known before any pixel is read)
     filesystems: list
+    model: str = ""  # the pipeline directory (absolute)
     replicas: int | None = None
     device: str | None = None
     dtype: str | None = None
@@ -346,7 +347,7 @@ class RestoreJob:
         import torch
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        restorer = Restorer(model=self.settings["model"], sampling=self._sampling(), tile=self.settings["tile"],
+        restorer = Restorer(model=self.model, sampling=self._sampling(), tile=self.settings["tile"],
                             release_compat=self.settings["release_compat"], device=device, threads=1,
                             dtype=self.dtype)
         for task in self.tasks:
@@ -373,7 +374,7 @@ class RestoreJob:
         ds = ds.map(read_decode, fn_kwargs={"filesystems": self.filesystems}, num_cpus=0.25)
         ds = ds.map_batches(
             Restorer,
-            fn_constructor_kwargs=dict(model=self.settings["model"], sampling=self._sampling(),
+            fn_constructor_kwargs=dict(model=self.model, sampling=self._sampling(),
                                        tile=self.settings["tile"], release_compat=self.settings["release_compat"],
                                        device=pool.device, threads=pool.threads, dtype=self.dtype),
             batch_size=1,  # each image restored alone (see the module docstring); small retry unit
@@ -452,7 +453,7 @@ def plan_restore(inputs: list[str], output: str, *, model: str, sampler: str | N
     from deblurdiff.diffusion import check_sampling
     from deblurdiff.model_dir import check_model_dir
 
-    model = check_model_dir(model)
+    given, model = model, check_model_dir(model)
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not 1 <= quality <= 100:
@@ -470,7 +471,11 @@ def plan_restore(inputs: list[str], output: str, *, model: str, sampler: str | N
         sampling = check_sampling(sampling)
     except ValueError as exc:
         raise UsageError(f"--steps/--strength: {exc}") from None
-    settings = {"model": model, **sampling, "seed": seed, "tile": tile, "format": fmt, "quality": quality,
+    # The manifest names a packaged model by its name (its folder moves with the installation).
+    from deblurdiff.pretrained import packaged_model
+
+    label = given if not os.path.exists(given) and packaged_model(given) else model
+    settings = {"model": label, **sampling, "seed": seed, "tile": tile, "format": fmt, "quality": quality,
                 "release_compat": release_compat}
 
     out = _Output(output)
@@ -514,5 +519,5 @@ def plan_restore(inputs: list[str], output: str, *, model: str, sampler: str | N
         present = out.files()
         done = [{"input": t.source.uri, "output": t.output} for t in todo if t.output in present]
         todo = [t for t in todo if t.output not in present]
-    return RestoreJob(list(inputs), out, settings, todo, done, failed, filesystems, replicas=replicas,
+    return RestoreJob(list(inputs), out, settings, todo, done, failed, filesystems, model=model, replicas=replicas,
                       device=device, dtype=dtype)
