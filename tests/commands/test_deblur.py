@@ -135,3 +135,32 @@ def test_the_packaged_model_deblurs_by_name_with_no_other_flags(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "out" / "cat.png").size == (48, 40)
     assert "dpmpp" in r.stderr + r.stdout  # the settings it reports are the packaged model's
+
+
+def test_a_rerun_skips_done_outputs_refuses_other_settings_and_overwrite_redoes(cli, model_dir, tmp_path):
+    import json
+
+    folder = tmp_path / "in" / "sub"
+    folder.mkdir(parents=True)
+    Image.fromarray(photo(24, 32)).save(folder / "a.png")
+    Image.fromarray(photo(16, 16)).save(tmp_path / "in" / "b.jpg", quality=95)
+    args = ["deblur", str(tmp_path / "in"), "--model", str(model_dir), "--output", str(tmp_path / "out"),
+            "--steps", "1", "--sampler", "dpmpp", "--format", "webp"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.webp")) == \
+        ["b.webp", "sub/a.webp"]  # the input tree, the format's suffix
+    written = (tmp_path / "out" / "sub" / "a.webp").read_bytes()
+
+    again = cli(*args)
+    assert again.returncode == 0 and "0 restored, 2 skipped (already done), 0 failed" in again.stdout, again.stderr
+    manifest = json.loads((tmp_path / "out" / "restore-manifest.json").read_text())
+    assert manifest["totals"] == {"inputs": 2, "restored": 0, "already_done": 2, "failed": 0}
+
+    other = cli(*args[:-2], "--format", "png")  # other settings into the same folder
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1
+    assert "--overwrite" in other.stderr and "format" in other.stderr
+
+    redo = cli(*args, "--overwrite", "--seed", "7")
+    assert redo.returncode == 0 and "2 restored, 0 skipped" in redo.stdout, redo.stderr
+    assert (tmp_path / "out" / "sub" / "a.webp").read_bytes() != written  # another seed, really redone
