@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from deblurdiff.config import load_config
 from deblurdiff.diffusion import DeblurDiffPipeline
-from deblurdiff.evaluation import Pair, _ssim, iter_pairs, psnr  # eval's own metrics, so the numbers compare
+from deblurdiff.evaluation import Pair, _ssim, iter_pairs, oracle_linear_filter, psnr  # eval's own metrics
 from deblurdiff.models.lkpn import LKPN
 from deblurdiff.models.objective import _optimised
 from deblurdiff.pixels import to_float
@@ -50,18 +50,6 @@ def resized_lkpn(preset: LKPN, kernel_size: int, width: int) -> LKPN:
     """A fresh LKPN with ``preset``'s config but for the kernel size and the base width (levels w, 2w, 2w)."""
     return LKPN.from_config({**preset.config, "kernel_size": kernel_size,
                              "block_out_channels": (width, 2 * width, 2 * width)})
-
-
-def oracle_linear_filter(sharp: torch.Tensor, blurry: torch.Tensor, k: int) -> torch.Tensor:
-    """Per pair and channel, the k×k filter (+ offset) that best maps blurry to sharp (least squares)."""
-    out = torch.empty_like(blurry)
-    for i in range(len(blurry)):
-        taps = F.unfold(F.pad(blurry[i : i + 1].double(), (k // 2,) * 4, mode="reflect"), k)[0]  # (3·k², H·W)
-        for c in range(3):
-            a = torch.cat([taps[c * k * k : (c + 1) * k * k].T, torch.ones(taps.shape[1], 1, dtype=torch.float64)], 1)
-            fit = a @ torch.linalg.lstsq(a, sharp[i, c].reshape(-1, 1).double()).solution
-            out[i, c] = fit.reshape(sharp.shape[-2:]).float()
-    return out.clamp(0, 1)
 
 
 def main() -> None:

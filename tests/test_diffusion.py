@@ -164,7 +164,7 @@ def test_adain_colour_fix_matches_reference_statistics():
     ({"num_inference_steps": 0}, "num_inference_steps"),
     ({"output_type": "latent"}, "output_type"),
     ({"colour_fix": "wavelet"}, "colour_fix"),
-    ({"strength": 0.0}, r"strength must be a number in \(0, 1\]"),
+    ({"strength": -0.1}, r"strength must be a number in \[0, 1\]"),
     ({"strength": 1.5}, "strength"),
     ({"num_inference_steps": 4, "strength": 0.2}, "leaves no denoising step"),
 ])
@@ -223,6 +223,43 @@ def test_strength_runs_the_last_steps_from_the_noised_blurry_latent(pipe, sample
     # With the anchor, what the untrained UNet adds to ẑ is small even from pure noise.
     anchored = run(pipe, image, num_inference_steps=2, sampler=sampler, output_type="pt").images
     assert (anchored - x).abs().mean() < 0.5 * (noise - x).abs().mean()
+
+
+@pytest.mark.parametrize("tile", [None, 32])  # 32: one tile covers the 24×28 photo, through the tiled path
+def test_strength_zero_decodes_the_lkpn_estimate_without_a_denoising_step(pipe, tile):
+    from deblurdiff.diffusion import adain_colour_fix
+
+    image = photo(24, 28)
+    out = run(pipe, image, num_inference_steps=10, sampler="dpmpp", strength=0.0, tile_size=tile,
+              output_type="pt", return_intermediates=True)
+    assert out.timesteps == [] and len(out.z_hat) == len(out.kernels) == 1  # ẑ once, no UNet / ControlNet call
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        z_b = pipe.encode(x, blurry=True)
+        z_hat = pipe.lkpn(z_b, z_b, torch.zeros(1, dtype=torch.long), pipe.null_text_embedding(1)).z_hat
+        expected = adain_colour_fix(pipe.decode(z_hat), x).clamp(0, 1)
+    torch.testing.assert_close(out.images, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.z_hat[0], z_hat, atol=1e-5, rtol=0)
+    assert (out.images - x).abs().max() > 1e-3  # the trained-looking LKPN changed the image
+
+
+def test_images_above_the_auto_tile_size_are_restored_in_tiles(pipe, monkeypatch):
+    import deblurdiff.diffusion as diffusion
+
+    image = photo(24, 28)
+    whole = run(pipe, image, num_inference_steps=4, strength=0.5, sampler="dpmpp", output_type="pt").images
+    monkeypatch.setattr(diffusion, "AUTO_TILE_ABOVE_PIXELS", 24 * 28 - 1)  # scaled down: this photo is "large"
+    monkeypatch.setattr(diffusion, "AUTO_TILE", 16)
+    monkeypatch.setattr(diffusion, "AUTO_TILE_STRIDE", 12)
+    auto = run(pipe, image, num_inference_steps=4, strength=0.5, sampler="dpmpp", output_type="pt").images
+    tiled = run(pipe, image, num_inference_steps=4, strength=0.5, sampler="dpmpp", output_type="pt",
+                tile_size=16, tile_stride=12).images
+    torch.testing.assert_close(auto, tiled, atol=0, rtol=0)
+    assert (auto - whole).abs().max() > 0  # it did tile
+    small = run(pipe, photo(20, 20), num_inference_steps=4, strength=0.5, sampler="dpmpp", output_type="pt").images
+    monkeypatch.setattr(diffusion, "AUTO_TILE_ABOVE_PIXELS", 10**9)
+    torch.testing.assert_close(small, run(pipe, photo(20, 20), num_inference_steps=4, strength=0.5, sampler="dpmpp",
+                                          output_type="pt").images, atol=0, rtol=0)  # at or below: one pass
 
 
 def test_recorded_sampling_is_the_default_and_arguments_override_it(tmp_path):

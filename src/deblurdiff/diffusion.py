@@ -189,9 +189,9 @@ class DeblurDiffPipeline(DiffusionPipeline):
                      strength=1.0):
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
             raise ValueError(f"num_inference_steps must be an integer in [1, 1000], got {num_inference_steps!r}")
-        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
-        if denoising_steps(num_inference_steps, strength) < 1:
+        if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+            raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+        if strength > 0 and denoising_steps(num_inference_steps, strength) < 1:
             raise ValueError(f"strength {strength} with num_inference_steps {num_inference_steps} leaves no "
                              f"denoising step; use strength >= {1 / num_inference_steps:.3g} or more steps")
         if sampler not in SAMPLERS:
@@ -242,6 +242,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
             sampler: one of ``SAMPLERS``: "ddpm" (released) or "dpmpp" (DPM-Solver++).
             tile_size / tile_stride: latent tiling for large images, in image pixels (sd21: 512 / 256 =
                 the released 64 / 32 latent tiles); eps of overlapping tiles is blended with Gaussian weights.
+                None: one pass up to ``AUTO_TILE_ABOVE_PIXELS`` (4 MP), ``AUTO_TILE`` / ``AUTO_TILE_STRIDE`` above.
             colour_fix: "adain" matches each output channel's mean/std to the input's; "none" skips it.
             return_intermediates: also return the per-step ẑ and kernels.
             release_compat: post-process exactly as the released DeblurDiff does (docs/released-model.md):
@@ -251,6 +252,8 @@ class DeblurDiffPipeline(DiffusionPipeline):
                 all ``num_inference_steps`` steps. Below 1: from the LKPN's deblurred latent ẑ (computed
                 from z_b, with z_b in place of x_t) noised to the ``int(num_inference_steps · strength)``-th
                 last timestep, running only those steps: less invented detail, more fidelity, faster.
+                0: the LKPN's ẑ decoded, no denoising step (the tiny preset's default: its from-scratch
+                diffusion branch has no pretrained prior to add; benchmarks/RESULTS.md).
         """
         # 1. check inputs (unset sampler settings: the ones this model was validated with)
         defaults = self.default_sampling()
@@ -309,26 +312,31 @@ class DeblurDiffPipeline(DiffusionPipeline):
 
         # 4. x_T ~ N(0, I); or (strength < 1) the LKPN's deblurred estimate ẑ noised to the first timestep
         #    run. Latents stay fp32 across steps, the networks may run in bf16.
+        if tile_size is None and h * w > AUTO_TILE_ABOVE_PIXELS:  # memory flat in pixels: tiles, not one pass
+            tile_size, tile_stride = AUTO_TILE, AUTO_TILE_STRIDE
         tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
             if tile_size else None
+        #    strength 0: ẑ itself, decoded without any denoising step.
+        z_hats, kernels, timesteps = [], [], []
         noise = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
         if begin == 0:
             latents = noise * scheduler.init_noise_sigma
+        elif len(timesteps_to_run) == 0:  # strength 0: the LKPN's estimate (at t = 0, the clean end)
+            z_hat, k_hat = self._lkpn_estimate(z_b.to(dtype), torch.zeros(b, dtype=torch.long, device=device),
+                                               context, tiles, keep)
+            latents = z_hat.float()
+            if keep:  # the one ẑ of this call, as the intermediates of a sampling run
+                z_hats.append(z_hat[..., :lh, :lw].float().cpu())
+                kernels.append(k_hat[..., :lh, :lw].float().cpu())
         else:
             t_first = timesteps_to_run[:1].repeat(b)
-            # ẑ from z_b alone: the LKPN with z_b standing in for x_t (the sampler has no x_t yet).
-            if tiles is None:
-                z_start = self.lkpn(z_b.to(dtype), z_b.to(dtype), t_first, context).z_hat
-            else:  # tile by tile, blended like every step (the full predict_noise; its ẑ is what we need)
-                z_start = self._predict_noise(z_b.to(dtype), t_first, z_b.to(dtype), context, tiles,
-                                              control_scale).z_hat
-            latents = scheduler.add_noise(z_start.float(), noise, t_first)
+            latents = scheduler.add_noise(self._lkpn_estimate(z_b.to(dtype), t_first, context, tiles)[0].float(),
+                                          noise, t_first)
 
         # 5. denoising loop: LKPN + EAC re-run on every x_t (iterative refinement), always on the original z_b
-        z_hats, kernels, timesteps = [], [], []
         for t in self.progress_bar(timesteps_to_run):
             x_in = scheduler.scale_model_input(latents, t)
-            pred = self._predict_noise(x_in.to(dtype), t, z_b.to(dtype), context, tiles, control_scale)
+            pred = self._predict_noise(x_in.to(dtype), t, z_b.to(dtype), context, tiles, control_scale, keep)
             latents = scheduler.step(pred.model_output.float(), t, latents, generator=generator).prev_sample
             if keep:
                 z_hats.append(pred.z_hat[..., :lh, :lw].float().cpu())
@@ -342,7 +350,29 @@ class DeblurDiffPipeline(DiffusionPipeline):
             y = adain_colour_fix(y, x)
         return y.clamp(0, 1).cpu(), z_hats, kernels, timesteps
 
-    def _predict_noise(self, x_t, t, z_b, context, tiles, control_scale) -> NoisePrediction:
+    def _lkpn_estimate(self, z_b, t, context, tiles, keep_kernels=False):
+        """(ẑ (B, C, h, w), K (B, C·k², h, w)) from z_b alone: the LKPN with z_b standing in for x_t (the
+        sampler has no x_t yet); tile by tile with the same Gaussian blending as every step when tiled
+        (K only when ``keep_kernels``, else None: at 12 MP the tiny preset's K alone is 3.6 GB)."""
+        if tiles is None:
+            out = self.lkpn(z_b, z_b, t, context)
+            return out.z_hat, out.kernels
+        z_hat = kern = weight_sum = None
+        for (y0, y1, x0, x1) in tiles:
+            tile = z_b[..., y0:y1, x0:x1]
+            out = self.lkpn(tile, tile, t, context)
+            if z_hat is None:
+                z_hat = z_b.new_zeros(z_b.shape, dtype=torch.float32)
+                kern = z_hat.new_zeros((z_b.shape[0], out.kernels.shape[1], *z_b.shape[2:])) if keep_kernels else None
+                weight_sum = z_hat.new_zeros((1, 1, *z_hat.shape[2:]))
+            wt = _gaussian_weights(y1 - y0, x1 - x0, z_hat.device)  # (1, 1, th, tw)
+            z_hat[..., y0:y1, x0:x1] += out.z_hat.float() * wt
+            if kern is not None:
+                kern[..., y0:y1, x0:x1] += out.kernels.float() * wt
+            weight_sum[..., y0:y1, x0:x1] += wt
+        return z_hat / weight_sum, None if kern is None else kern / weight_sum
+
+    def _predict_noise(self, x_t, t, z_b, context, tiles, control_scale, keep_kernels=True) -> NoisePrediction:
         """``predict_noise`` on the whole latent, or tile by tile with Gaussian-weighted blending."""
         anchor = self.scheduler if self.config.get("z_hat_anchor") else None  # the training noise schedule
         if tiles is None:
@@ -354,17 +384,25 @@ class DeblurDiffPipeline(DiffusionPipeline):
             if out is None:
                 out = x_t.new_zeros(x_t.shape, dtype=torch.float32)
                 z_hat = torch.zeros_like(out)
-                kern = out.new_zeros((*out.shape[:1], p.kernels.shape[1], *out.shape[2:]))
+                kern = out.new_zeros((*out.shape[:1], p.kernels.shape[1], *out.shape[2:])) if keep_kernels else None
                 weight_sum = out.new_zeros((1, 1, *out.shape[2:]))
             wt = _gaussian_weights(y1 - y0, x1 - x0, out.device)  # (1, 1, th, tw)
             out[..., y0:y1, x0:x1] += p.model_output.float() * wt
             z_hat[..., y0:y1, x0:x1] += p.z_hat.float() * wt
-            kern[..., y0:y1, x0:x1] += p.kernels.float() * wt
+            if kern is not None:
+                kern[..., y0:y1, x0:x1] += p.kernels.float() * wt
             weight_sum[..., y0:y1, x0:x1] += wt
-        return NoisePrediction(model_output=out / weight_sum, z_hat=z_hat / weight_sum, kernels=kern / weight_sum)
+        return NoisePrediction(model_output=out / weight_sum, z_hat=z_hat / weight_sum,
+                               kernels=None if kern is None else kern / weight_sum)
 
 
 # ---------------------------------------------------------------------------------- helpers
+# Images above this many pixels are restored in overlapping tiles unless a tile size is given, so memory stays
+# flat whatever the photo (with windowed attention the cost is linear in pixels either way). 1024 px tiles with
+# a 768 px stride process each pixel ~1.8 times; below 4 MP, one pass.
+AUTO_TILE_ABOVE_PIXELS = 2048 * 2048
+AUTO_TILE, AUTO_TILE_STRIDE = 1024, 768
+
 # The released sampler (DESIGN §1): 50-step DDPM from pure noise.
 RELEASED_SAMPLING = {"sampler": "ddpm", "steps": 50, "strength": 1.0}
 
@@ -381,8 +419,10 @@ def check_sampling(sampling: dict | None) -> dict | None:
     steps, strength = sampling["steps"], sampling["strength"]
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 1000:
         raise ValueError(f"sampling.steps must be an integer in [1, 1000], got {steps!r}")
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1 or denoising_steps(steps, strength) < 1:
-        raise ValueError(f"sampling.strength must be in (0, 1] and leave at least one of the {steps} steps, "
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1 \
+            or (strength > 0 and denoising_steps(steps, strength) < 1):
+        raise ValueError(f"sampling.strength must be in [0, 1] (0: ẑ decoded) and, above 0, leave at least one of "
+                         f"the {steps} steps, "
                          f"got {strength!r}")
     return {"sampler": sampling["sampler"], "steps": steps, "strength": float(strength)}
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from deblurdiff.errors import UsageError
 from deblurdiff.files import atomic_write, atomic_write_text
@@ -156,6 +157,20 @@ def _latent_errors(pipe, blurry: torch.Tensor, sharp: torch.Tensor, z_hats: list
     blurry_mse = float(torch.mean((z_b - z_0) ** 2))
     sampling_mse = float(np.mean([float(torch.mean((z - z_0) ** 2)) for z in z_hats]))
     return blurry_mse, sampling_mse, objective.latent_loss.item()
+
+
+def oracle_linear_filter(sharp: torch.Tensor, blurry: torch.Tensor, k: int) -> torch.Tensor:
+    """Per pair and channel, the k×k filter (+ offset) that best maps blurry to sharp, fitted by least
+    squares *against the sharp image*: what one spatially invariant filter could do with the answer in
+    hand, a bound for a blind model, not a reachable score. (N, 3, H, W) in [0, 1] -> the same."""
+    out = torch.empty_like(blurry)
+    for i in range(len(blurry)):
+        taps = F.unfold(F.pad(blurry[i : i + 1].double(), (k // 2,) * 4, mode="reflect"), k)[0]  # (3·k², H·W)
+        for c in range(3):
+            a = torch.cat([taps[c * k * k : (c + 1) * k * k].T, torch.ones(taps.shape[1], 1, dtype=torch.float64)], 1)
+            fit = a @ torch.linalg.lstsq(a, sharp[i, c].reshape(-1, 1).double()).solution
+            out[i, c] = fit.reshape(sharp.shape[-2:]).float()
+    return out.clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------- output

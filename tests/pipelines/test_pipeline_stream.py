@@ -63,6 +63,35 @@ def test_shards_and_on_the_fly_give_the_same_pairs(shards, small_corpus):
 
 
 @pytest.mark.integration
+def test_every_pass_over_the_photos_draws_new_crops_and_new_blur(shards, small_corpus):
+    from deblurdiff.pipelines import training_dataset
+
+    one_pass = _pairs(training_dataset(images=str(small_corpus), **SETTINGS))
+    three = _pairs(training_dataset(images=str(small_corpus), **{**SETTINGS, "passes": 3}))
+    again = _pairs(training_dataset(images=str(small_corpus), **{**SETTINGS, "passes": 3}))
+    # 4 readable photos × 1 crop × 3 passes: 12 distinct sharp crops; pass 0 is synth's (and the 1-pass stream's)
+    assert len(three) == 12 and one_pass.keys() <= three.keys()
+    assert three.keys() == again.keys()  # seeded: the same stream on every run (a resume continues it)
+    for digest, blurry in again.items():
+        np.testing.assert_array_equal(three[digest], blurry)
+    # min_pairs asks for as many passes as it takes: ceil(13 / 5 sources listed, the broken one included) = 3.
+    assert len(_pairs(training_dataset(images=str(small_corpus), min_pairs=13, **SETTINGS))) == 12
+
+
+def test_pass_rows_visit_every_photo_once_per_pass_in_a_seeded_order():
+    from deblurdiff.pipelines.sources import Source
+    from deblurdiff.pipelines.stream import pass_rows
+
+    sources = [Source(key=f"{i}.png", path=f"/p/{i}.png", uri=f"/p/{i}.png") for i in range(6)]
+    rows = pass_rows(sources, seed=3, passes=4)
+    assert [r["pass"] for r in rows] == [p for p in range(4) for _ in range(6)]
+    orders = [[r["source"] for r in rows if r["pass"] == p] for p in range(4)]
+    assert all(sorted(o) == sorted(orders[0]) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # the order changes from pass to pass
+    assert pass_rows(sources, seed=3, passes=4) == rows
+
+
+@pytest.mark.integration
 def test_shards_can_be_cropped_smaller(shards):
     import torch
 

@@ -47,9 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="ddpm (released) or dpmpp (DPM-Solver++, fast) (default: the model's validated sampler)")
     p.add_argument("--strength", type=float, default=None,
-                   help="where sampling starts: 1 from pure noise, lower from the noised blurry latent, running "
-                        "only that fraction of the steps (default: the model's validated strength; 1 for the "
-                        "released model)")
+                   help="where sampling starts, in [0, 1]: 1 from pure noise, lower from the noised blurry latent, "
+                        "running only that fraction of the steps; 0: the LKPN's estimate decoded, no step "
+                        "(default: the model's validated strength; 1 for the released model)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed; each image's noise comes from (seed, its relative path) (default 0)")
     p.add_argument("--tile", type=int, default=None, metavar="N",

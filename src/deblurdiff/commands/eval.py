@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--sampler", default=None, help="ddpm (released, 50 steps) or dpmpp (default: the model's)")
     parser.add_argument("--strength", type=float, default=None,
-                        help="where sampling starts, in (0, 1] (default: the model's; see deblur --help)")
+                        help="where sampling starts, in [0, 1] (default: the model's; see deblur --help)")
     parser.add_argument("--seed", type=int, default=0, help="seed of each image's generator")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many pairs")
     parser.set_defaults(func=run)
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps}: must be at least 1")
-    if args.strength is not None and not 0 < args.strength <= 1:
-        raise UsageError(f"--strength {args.strength:g}: must be in (0, 1]")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        raise UsageError(f"--strength {args.strength:g}: must be in [0, 1]")
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise UsageError(f"--sampler {args.sampler}: expected one of {', '.join(SAMPLERS)}")
     if args.limit is not None and args.limit < 1:

@@ -58,5 +58,11 @@ class LatentControlNet(ControlNetModel):
         )
         set_attention_windows(self, attention_window, shrink_per_level=False)
 
+    def set_attention_window(self, window: int | None) -> None:
+        """Windowed attention after construction (``from_unet`` builds a global one): ``window`` feature px
+        at every level, recorded in the config so ``save_pretrained`` keeps it."""
+        self.register_to_config(attention_window=window)
+        set_attention_windows(self, window, shrink_per_level=False)
+
     # ControlNetModel's signature plus attention_window: diffusers reads the config keys from it.
     __init__.__signature__ = signature_with_window(ControlNetModel.__init__)

@@ -19,6 +19,7 @@ from deblurdiff.models.autoencoder import ExactAutoencoder
 from deblurdiff.models.controlnet import LatentControlNet
 from deblurdiff.models.lkpn import LKPN
 from deblurdiff.models.text import NullTextEmbedding, encode_empty_prompt
+from deblurdiff.models.unet import WindowedUNet2DConditionModel
 
 __all__ = ["COMPONENTS", "PRESETS", "PipelineParts", "ddpm_scheduler", "sd21", "sd21_unet_config", "sd21_vae_config", "tiny"]
 
@@ -64,6 +65,10 @@ def _build_on(device: str | torch.device | None, seed: int | None):
 
 
 # ----------------------------------------------------------------------------------------- tiny
+TINY_CROP = 64  # the tiny preset's training crop (configs/tiny.yaml data.crop)
+TINY_ATTENTION_WINDOW = TINY_CROP  # latent px at level 0 (= image px: the tiny latent is at image resolution)
+
+
 def tiny(base_model: str | None = None, random_init: bool = True,
          device: str | torch.device | None = None, seed: int = 0) -> PipelineParts:
     """CPU-sized DeblurDiff that learns in minutes.
@@ -94,6 +99,8 @@ def tiny(base_model: str | None = None, random_init: bool = True,
     - Also trained with ``train.fidelity_loss: psnr`` (per-sample PSNR instead of the batch MSE): pooled MSE
       let ẑ lose up to 3 dB on the cleanest crops; 500 steps, held-out 32.67 → 33.27 dB (RESULTS.md, "fifth
       round"). ``deblurdiff.pretrained`` ships this preset trained for 2500 steps (``tiny-small-handheld``).
+    - Windowed attention as the release runs it, one window = the 64 px training crop's token grid
+      (global attention before; a 2048×1152 photo took 584 s and 4.3 GB, self-attention being 80 % of it).
     - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
       its UNet is a pretrained Stable Diffusion; no pretrained tiny UNet exists, and a frozen random
       one predicts nothing useful, so the tiny preset trains its UNet too.
@@ -107,12 +114,20 @@ def tiny(base_model: str | None = None, random_init: bool = True,
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, use_linear_projection=True,
     )
+    # Windowed attention (the release's scheme, ``models.windows``), the window being the token grid of the
+    # 64 px training crop: 16 tokens at the one attention level (level 2), i.e. TINY_ATTENTION_WINDOW = 64
+    # latent px halved per level in the UNet and LKPN, 16 feature px in the ControlNet (which the release
+    # does not halve). A training crop sees one window (global attention, as trained); a 12 MP photo costs
+    # linearly in pixels instead of quadratically (benchmarks/RESULTS.md, "Real photo sizes").
+    window = TINY_ATTENTION_WINDOW
     with _build_on(device, seed):
         vae = ExactAutoencoder(scaling_factor=2.0)
-        unet = UNet2DConditionModel(in_channels=c, out_channels=c, attention_head_dim=4, **levels)
+        unet = WindowedUNet2DConditionModel(in_channels=c, out_channels=c, attention_head_dim=4,
+                                            attention_window=window, **levels)
         controlnet = LatentControlNet.from_unet(unet, conditioning_channels=2 * c)
+        controlnet.set_attention_window(window >> (len(levels["block_out_channels"]) - 1))
         lkpn = LKPN(latent_channels=c, kernel_size=k, attention_heads=4, zero_sum_kernels=True, reads_x_t=False,
-                    **levels)
+                    attention_window=window, **levels)
         # A fixed random "empty prompt" (there is no tiny text encoder): (1, 8 tokens, 32).
         null_text = NullTextEmbedding.from_tensor(torch.randn(1, 8, 32))
     return PipelineParts(vae, unet, controlnet, lkpn, null_text, ddpm_scheduler("v_prediction"),

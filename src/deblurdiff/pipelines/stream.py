@@ -10,15 +10,20 @@ Two ways to feed training (config keys ``data.shards`` / ``data.images``)::
         sharp, blurry = batch["sharp"], batch["blurry"]       # float32 (B, 3, H, W) in [0, 1]
 
 On the fly, the pipeline is: read raw bytes + decode + crop (Ray Data tasks) -> blur
-(``map_batches`` on an actor pool) -> rows. Pairs are the ones ``synth`` would write for the same
-seed, recipe and crop (blurry quantised to 8 bits like a PNG), so the two sources are interchangeable.
-Inputs that cannot be decoded are skipped and logged with their reason (a warning per input).
+(``map_batches`` on an actor pool) -> rows. The stream holds ``passes`` passes over the photos, each
+drawing NEW crops and NEW blur: pass ``p`` cuts crops ``p·N … p·N + N − 1`` of every source (N =
+``crops_per_image``), each seeded by (seed, source, that crop index) exactly as ``synth`` seeds its
+crops, so pass 0 gives the pairs ``synth --crops-per-image N`` writes for the same seed, recipe and
+crop (blurry quantised to 8 bits like a PNG), and a few photographs give an unbounded stream of
+distinct pairs. Each pass visits the sources in its own seeded order. Inputs that cannot be decoded
+are skipped and logged with their reason (a warning per input).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 
 import numpy as np
 
@@ -39,7 +44,8 @@ BATCH_KEYS = ("sharp", "blurry")  # float32 (3, H, W) per row; (B, 3, H, W) per 
 
 
 def training_dataset(*, shards=None, images=None, crop: int | None = None, recipe="realistic", seed: int = 0,
-                     crops_per_image: int = 1, filesystem=None, num_cpus: float = 0.5,
+                     crops_per_image: int = 1, passes: int = 1, min_pairs: int | None = None, filesystem=None,
+                     num_cpus: float = 0.5,
                      synth_workers: int | None = None, synth_cpus: float | None = None,
                      use_gpu: bool = False):
     """A ``ray.data.Dataset`` whose rows are ``{"sharp", "blurry"}``, float32 (3, H, W) in [0, 1].
@@ -50,8 +56,9 @@ def training_dataset(*, shards=None, images=None, crop: int | None = None, recip
       (local or URI) -- pairs as written by ``deblurdiff synth``; ``crop`` (optional) cuts a random,
       seeded ``crop``×``crop`` window from larger pairs;
     - ``images``: folders / images / list files / WebDataset image shards as for ``synth``; each
-      source gives ``crops_per_image`` random ``crop``×``crop`` crops (``crop`` required) blurred
-      with ``recipe`` and ``seed`` on the fly.
+      of ``passes`` passes gives ``crops_per_image`` new random ``crop``×``crop`` crops of every
+      source (``crop`` required), blurred with ``recipe`` and ``seed`` on the fly; ``min_pairs``: at
+      least that many pairs in all (more passes when needed: a training run's steps × batch size).
 
     Resources (so the data stages fit beside the training workers): ``num_cpus`` per read/decode
     task; ``synth_workers`` actors of ``synth_cpus`` CPUs each for on-the-fly blur (default: from
@@ -65,8 +72,10 @@ def training_dataset(*, shards=None, images=None, crop: int | None = None, recip
         return _from_shards(_as_list(shards), crop=crop, seed=seed, filesystem=filesystem, num_cpus=num_cpus)
     if crop is None:
         raise UsageError("data.images: a crop size is needed for on-the-fly synthesis (set data.crop)")
+    if passes < 1 or crops_per_image < 1:
+        raise UsageError(f"data.images: passes and crops per image must be >= 1, got {passes} and {crops_per_image}")
     return _from_images(_as_list(images), crop=crop, recipe=recipe, seed=seed, crops_per_image=crops_per_image,
-                        filesystem=filesystem, num_cpus=num_cpus, synth_workers=synth_workers,
+                        passes=passes, min_pairs=min_pairs, filesystem=filesystem, num_cpus=num_cpus, synth_workers=synth_workers,
                         synth_cpus=synth_cpus, use_gpu=use_gpu)
 
 
@@ -138,8 +147,8 @@ def _chw_float(images) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- data.images
-def _from_images(paths, *, crop, recipe, seed, crops_per_image, filesystem, num_cpus, synth_workers, synth_cpus,
-                 use_gpu):
+def _from_images(paths, *, crop, recipe, seed, crops_per_image, passes, min_pairs, filesystem, num_cpus,
+                 synth_workers, synth_cpus, use_gpu):
     import ray.data
 
     from deblurdiff.blur_synthesis import load_recipe
@@ -150,7 +159,11 @@ def _from_images(paths, *, crop, recipe, seed, crops_per_image, filesystem, num_
         logger.warning("data.images: skipping %s: %s", s.path, s.reason)
     if not corpus.sources:
         raise UsageError(f"data.images {' '.join(paths)}: no image files found")
-    ds = ray.data.from_items([{"source": json.dumps(s.to_dict())} for s in corpus.sources])
+    if min_pairs:
+        passes = max(passes, math.ceil(min_pairs / (len(corpus.sources) * crops_per_image)))
+    logger.info("data.images: %d photos, %d passes of %d crops each (%d pairs, every one drawn afresh)",
+                len(corpus.sources), passes, crops_per_image, passes * len(corpus.sources) * crops_per_image)
+    ds = ray.data.from_items(pass_rows(corpus.sources, seed, passes))
     ds = ds.map_batches(_decode_crop_batch, fn_kwargs={"filesystems": corpus.filesystems, "crop": crop, "seed": seed,
                                                        "crops_per_image": crops_per_image},
                         batch_size=4, batch_format="numpy", num_cpus=num_cpus)
@@ -164,15 +177,29 @@ def _from_images(paths, *, crop, recipe, seed, crops_per_image, filesystem, num_
                           batch_size=8, batch_format="numpy", compute=pool.strategy(autoscale=True), **remote)
 
 
+def pass_rows(sources: list[Source], seed: int, passes: int) -> list[dict]:
+    """One row per (pass, source), pass after pass; each pass visits the sources in an order of its own,
+    drawn from (seed, pass), so consecutive pairs come from different photos."""
+    rows = []
+    for p in range(passes):
+        order = np.random.default_rng(sample_seed(seed, "", p, "pass-order")).permutation(len(sources))
+        rows += [{"source": json.dumps(sources[i].to_dict()), "pass": p} for i in order]
+    return rows
+
+
 def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_per_image: int):
-    """Sources (JSON) -> sharp crops (n, c, c, 3) uint8 with their blur seeds; bad inputs logged, dropped."""
+    """(source JSON, pass) rows -> sharp crops (n, c, c, 3) uint8 with their blur seeds; bad inputs logged,
+    dropped. Pass p cuts crop indices [p·N, (p+1)·N): new positions and new blur every pass."""
     sharp, seeds = [], []
-    for text in batch["source"]:
+    for text, pass_index in zip(batch["source"], batch["pass"]):
         source = Source.from_dict(json.loads(str(text)))
+        first = int(pass_index) * crops_per_image
         try:
-            crops = decode_crops(read_source(source, filesystems), source.key, list(range(crops_per_image)), crop, seed)
+            crops = decode_crops(read_source(source, filesystems), source.key,
+                                 list(range(first, first + crops_per_image)), crop, seed)
         except ImageDecodeError as exc:
-            logger.warning("data.images: skipping %s: %s", source.uri, exc)
+            if int(pass_index) == 0:  # once per input, not once per pass
+                logger.warning("data.images: skipping %s: %s", source.uri, exc)
             continue
         for c in crops:
             sharp.append(c.pixels)

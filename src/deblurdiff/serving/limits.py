@@ -83,7 +83,7 @@ class DeblurParams:
 
     steps: int | None  # None: the model's validated steps
     sampler: str | None  # None: the model's validated sampler
-    strength: float | None  # None: the model's validated strength (where sampling starts, (0, 1])
+    strength: float | None  # None: the model's validated strength (where sampling starts, [0, 1]; 0: ẑ decoded)
     seed: int
     tile: int | None  # None: whole image; else tile size in pixels
     format: str  # output encoding: png | jpeg | webp
@@ -112,9 +112,9 @@ def _strength_param(query: Mapping[str, str]) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise ApiError(422, "invalid_parameter", f"strength: expected a number in (0, 1], got {raw!r}") from None
-    if not 0 < value <= 1:
-        raise ApiError(422, "invalid_parameter", f"strength: must be in (0, 1], got {value:g}")
+        raise ApiError(422, "invalid_parameter", f"strength: expected a number in [0, 1], got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ApiError(422, "invalid_parameter", f"strength: must be in [0, 1], got {value:g}")
     return value
 
 

@@ -37,6 +37,9 @@ class DataSection(Section):
     shards: str | list[str] | None = None
     images: str | list[str] | None = None
     recipe: str = "realistic"  # blur recipe for data.images (name or YAML path)
+    # data.images: crops cut from each photo per pass over the photos; every pass draws new crop positions
+    # and new blur (seeded by run.seed, pass, photo and crop index), so the stream never repeats a pair.
+    crops_per_image: int = Field(8, ge=1)
     crop: int = Field(64, ge=8)  # training crop size in pixels (512 for sd21)
     # Held-out pairs for the validation grid and metrics, as shards or images (at most one). Neither:
     # the first `validation_pairs` training samples (not held out; summary.json says so).
@@ -44,7 +47,8 @@ class DataSection(Section):
     validation_images: str | list[str] | None = None
     validation_pairs: int = Field(4, ge=1)
     shuffle_buffer: int = Field(256, ge=0)  # per-worker local shuffle buffer (0: off)
-    # Decode (and for data.images, synthesise) the pairs once and keep them in Ray's object store:
+    # data.shards only (data.images draws fresh pairs every pass, so there is nothing to keep):
+    # decode the pairs once and keep them in Ray's object store:
     # each pass then costs ~0.1 s instead of restarting the decode stage (seconds per pass on 2
     # CPUs). For small sets (the tiny preset); leave off for corpora larger than the object store.
     cache: bool = False

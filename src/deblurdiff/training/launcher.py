@@ -119,13 +119,18 @@ def _worker_env(use_gpu: bool) -> dict:
 def _datasets(cfg: TrainConfig, r: Resources):
     from deblurdiff.pipelines import training_dataset
 
-    def source(shards, images):
+    def source(shards, images, **passes):
         return training_dataset(shards=shards, images=images, crop=cfg.data.crop, recipe=cfg.data.recipe,
                                 seed=cfg.run.seed, num_cpus=r.read_cpus, synth_workers=r.synth_workers,
-                                synth_cpus=r.synth_cpus, use_gpu=False)
+                                synth_cpus=r.synth_cpus, use_gpu=False, **passes)
 
-    train = source(cfg.data.shards, cfg.data.images)
-    if cfg.data.cache:
+    # data.images: enough fresh passes for the whole run (each rank drops its last partial micro-batch
+    # per pass, and the ranks' shares may differ a little: 10 % more).
+    train = source(cfg.data.shards, cfg.data.images, crops_per_image=cfg.data.crops_per_image,
+                   min_pairs=int(cfg.train.max_steps * cfg.train.batch_size * 1.1) + 1)
+    if cfg.data.cache and cfg.data.images is not None:
+        logger.info("data.cache: data.images draws fresh pairs every pass; nothing is cached")
+    elif cfg.data.cache:
         train = train.materialize()  # held by this driver; worker restarts do not lose it
         pairs, needed = train.count(), cfg.scaling.workers * micro_batch_size(cfg)
         logger.info("data.cache: %d pairs in the object store", pairs)
@@ -133,7 +138,9 @@ def _datasets(cfg: TrainConfig, r: Resources):
             raise UsageError(f"data: {pairs} pairs are fewer than one micro-batch per worker ({needed} = "
                              f"scaling.workers x micro-batch); add data or lower train.batch_size")
     held_out = cfg.data.validation_shards is not None or cfg.data.validation_images is not None
-    val = source(cfg.data.validation_shards, cfg.data.validation_images) if held_out else train
+    # Validation images: one crop of every photo per pass, so the first validation_pairs pairs cover all photos.
+    val = source(cfg.data.validation_shards, cfg.data.validation_images, crops_per_image=1,
+                 passes=cfg.data.validation_pairs) if held_out else train
     rows = val.take(cfg.data.validation_pairs)
     if not rows:
         raise UsageError("data.validation: no pairs could be read for validation")

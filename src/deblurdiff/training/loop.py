@@ -206,9 +206,8 @@ def train(w: Worker) -> dict | None:
         w.events.group_started.remote(state.step, w.startup_s)
     if cfg.train.validate_at_start and state.step == 0:
         w.metrics.log(0, validate(w))  # the untrained baseline, logged at step 0
-    validated_step = None
 
-    window, first_step = LossWindow(), True
+    window, first_step, validated_step = LossWindow(), True, None
     while state.step < cfg.train.max_steps:
         # 1. grad_accum micro-batches through the engine; the optimiser steps on the last one.
         started = time.perf_counter()

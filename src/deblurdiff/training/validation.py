@@ -6,7 +6,8 @@ Metrics (all on the held-out pairs, deterministic for a given seed):
   MSE(z_b, z_0): the LKPN has learned something useful once the first is below the second;
 - ``val/loss``, ``val/diffusion_loss``: the co-training loss terms (``models.training_step``) at the same
   timesteps and noise (``diffusion_loss`` is the v-MSE for v-prediction presets);
-- ``val/psnr_restored`` vs ``val/psnr_blurry``: the pipeline's output against the sharp image.
+- ``val/psnr_restored`` vs ``val/psnr_blurry``: the pipeline's output against the sharp image;
+  ``val/psnr_z_hat``: the last step's ẑ decoded (no colour fix), what strength 0 would give.
 
 The grid has one row per pair: blurry | decoded ẑ (last sampling step) | restored | sharp.
 """
@@ -65,6 +66,7 @@ def validate_pairs(pipe, sharp: torch.Tensor, blurry: torch.Tensor, *, steps: in
     metrics["val/blurry_latent_mse"] = float(torch.nn.functional.mse_loss(z_b, z_0))
     metrics["val/psnr_blurry"] = psnr(blurry, sharp)
     metrics["val/psnr_restored"] = psnr(restored, sharp)
+    metrics["val/psnr_z_hat"] = psnr(z_hat_decoded.float().clamp(0, 1), sharp)  # ẑ decoded alone (strength 0)
 
     # 4. the grid: blurry | decoded ẑ | restored | sharp, one row per pair
     rows = [np.concatenate([_to_uint8(x[i]) for x in (blurry, z_hat_decoded, restored, sharp)], axis=1)
