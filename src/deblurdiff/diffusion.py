@@ -113,7 +113,11 @@ class DeblurDiffPipeline(DiffusionPipeline):
                    trainable_components=trainable if trainable is not None else parts.trainable,
                    blurry_range=parts.blurry_range, z_hat_anchor=parts.z_hat_anchor)
         if torch_dtype is not None:
-            pipe.to(dtype=torch_dtype)
+            # Cast each network as nn.Module does: ModelMixin.to(dtype) warns once per component about
+            # float32 modules to keep, and no component has any (``_keep_in_fp32_modules`` is empty).
+            for module in pipe.components.values():
+                if isinstance(module, torch.nn.Module):
+                    torch.nn.Module.to(module, dtype=torch_dtype)
         return pipe
 
     # ------------------------------------------------------------------------------ building blocks

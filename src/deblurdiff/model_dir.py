@@ -36,8 +36,12 @@ def check_model_dir(path: str | Path, flag: str = "--model") -> str:
     return str(p.resolve())
 
 
-def load_pipeline(path: str | Path, flag: str = "--model", device: str | None = None):
-    """``DeblurDiffPipeline.from_pretrained`` with errors that name the flag and the directory."""
+def load_pipeline(path: str | Path, flag: str = "--model", device: str | None = None, torch_dtype=None):
+    """``DeblurDiffPipeline.from_pretrained`` with errors that name the flag and the directory.
+
+    ``torch_dtype`` (e.g. ``torch.bfloat16`` on a GPU): the weights are loaded in that dtype by
+    ``from_pretrained`` itself; casting afterwards with ``pipe.to(dtype)`` would make diffusers warn once
+    per component ("There are modules in ... that should be kept in float32")."""
     import torch
     from diffusers.utils import logging as diffusers_logging
 
@@ -46,7 +50,7 @@ def load_pipeline(path: str | Path, flag: str = "--model", device: str | None = 
     resolved = check_model_dir(path, flag)
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would clutter stderr
     try:
-        pipe = DeblurDiffPipeline.from_pretrained(resolved)
+        pipe = DeblurDiffPipeline.from_pretrained(resolved, **({"dtype": torch_dtype} if torch_dtype else {}))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{flag} {path}: cannot load the pipeline ({first})") from None

@@ -43,7 +43,7 @@ def parse(argv: list[str]):
 
 def test_jobs_and_their_commands():
     assert {name: parse(split_command(doc["spec"]["entrypoint"])).command for name, doc in JOBS.items()} == \
-        {"deblurdiff-synth": "synth", "deblurdiff-train": "train"}
+        {"deblurdiff-synth": "synth", "deblurdiff-train": "train", "deblurdiff-restore": "deblur"}
 
 
 def test_parse_rejects_a_bad_flag():
@@ -62,6 +62,19 @@ def test_synth_job_reads_and_writes_object_storage_on_cpu_nodes():
     groups = all_groups(doc)
     assert set(groups) == {"head", "cpu-data"}
     assert all("nvidia.com/gpu" not in container(g)["resources"]["limits"] for g in groups.values())
+
+
+def test_restore_job_reads_and_writes_object_storage_with_a_model_on_the_pvc():
+    doc = JOBS["deblurdiff-restore"]
+    args = parse(split_command(doc["spec"]["entrypoint"]))
+    assert all(OBJECT_STORE.match(p) for p in args.inputs), args.inputs
+    assert OBJECT_STORE.match(args.output), args.output
+    assert not args.overwrite, "a RayJob retry must skip the images already restored"
+    groups = all_groups(doc)
+    assert set(groups) == {"head", "gpu"}
+    for name, group in groups.items():  # the model directory: on the shared PVC, mounted on every pod
+        shared = [m["mountPath"] for m in container(group)["volumeMounts"] if m["name"] == "shared"]
+        assert shared and args.model.startswith(shared[0] + "/"), f"{name}: --model not on the PVC"
 
 
 def _train_config(doc):

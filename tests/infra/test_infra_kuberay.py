@@ -17,7 +17,7 @@ RAY_DOCS = ray_manifests()
 
 def test_the_expected_resources_exist():
     kinds = sorted(doc["kind"] for _, doc in RAY_DOCS)
-    assert kinds == ["RayCluster", "RayJob", "RayJob", "RayService"]
+    assert kinds == ["RayCluster", "RayJob", "RayJob", "RayJob", "RayService"]
     assert all(doc["apiVersion"] == "ray.io/v1" for _, doc in RAY_DOCS)
     other = [(p.name, d.get("kind")) for p, d in manifests() if d.get("apiVersion") != "ray.io/v1"]
     assert other == [("pvc.yaml", "PersistentVolumeClaim")]

@@ -206,19 +206,30 @@ def _x86_flags() -> list[str]:
     return ["-mavx2", "-mfma", "-mf16c"] if capability in ("AVX2", "AVX512") else []
 
 
+def _say_if_compiling(name: str, build_directory: str, what: str, duration: str) -> None:
+    """One line at the default log level before a compile that will take a while (the first use on a
+    machine), so a progress bar sitting at 0 is explained; loading the cached build says nothing."""
+    if (Path(build_directory) / f"{name}.so").is_file():
+        logger.info("EAC: loading the cached %s extension %s", what, build_directory)
+        return
+    logger.warning("EAC: compiling the %s kernels (%s, once per machine: later runs load the cached build "
+                   "from %s)", what, duration, build_directory)
+
+
 def _build_cpu():
     from torch.utils import cpp_extension
 
     arch = _x86_flags()
     name = f"deblurdiff_eac_cpu_t{_tag(torch.__version__)}_{'avx2' if arch else 'base'}"
-    logger.info("EAC: loading/building the CPU extension %s (first build takes ~30s)", name)
+    build_directory = _build_directory(name)
+    _say_if_compiling(name, build_directory, "CPU", "30-80 s")
     with _ninja_on_path():
         cpp_extension.load(
             name=name,
             sources=[str(CPU_SOURCE)],
             extra_cflags=["-O3", "-fopenmp", *arch],  # -fopenmp: at::parallel_for uses torch's OpenMP pool
             extra_ldflags=["-fopenmp"],
-            build_directory=_build_directory(name),
+            build_directory=build_directory,
             is_python_module=False,  # the .so registers the CPU kernels of deblurdiff::* (no pybind)
             verbose=False,
         )
@@ -244,14 +255,15 @@ def _build_cuda(verbose: bool = False, need_device: bool = True):
         arch_list = f"{major}.{minor}"
         arch_flags = [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
     name = f"deblurdiff_eac_cuda_t{_tag(torch.__version__)}_sm{_tag(arch_list)}"
-    logger.info("EAC: loading/building the CUDA extension %s for %s", name, arch_list)
+    build_directory = _build_directory(name)
+    _say_if_compiling(name, build_directory, f"CUDA ({arch_list})", "1-3 min")
     with _ninja_on_path():
         cpp_extension.load(
             name=name,
             sources=[str(path) for path in CUDA_SOURCES],
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", "-lineinfo", *arch_flags],
-            build_directory=_build_directory(name),
+            build_directory=build_directory,
             is_python_module=False,  # registers the CUDA kernels of deblurdiff::*
             verbose=verbose,
         )

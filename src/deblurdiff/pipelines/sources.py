@@ -61,6 +61,10 @@ class Source:
     member: str | None = None
     offset: int = -1
     size: int = -1
+    # The path below the input it was found in (readable, "/"-separated): ``sub/a.png`` for
+    # ``photos/sub/a.png`` found in ``photos``; the file's own name for a file named directly;
+    # ``shard/sample.jpg`` for a WebDataset sample. Outputs that mirror the input tree use it.
+    rel: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,7 +227,7 @@ def _pick_image_member(members: dict[str, tarfile.TarInfo]) -> str | None:
     return images[0]
 
 
-def _list_tar(fs, fs_index: int, path: str, uri: str, key: str,
+def _list_tar(fs, fs_index: int, path: str, uri: str, key: str, rel: str,
               sources: list[Source], skipped: list[Skipped]) -> None:
     """Read a WebDataset shard's headers (no member data) and add one source per sample."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -253,17 +257,18 @@ def _list_tar(fs, fs_index: int, path: str, uri: str, key: str,
             continue
         info = members[chosen]
         sources.append(Source(key=f"{key}/{sample_key}", path=path, uri=f"{uri}:{info.name}", fs=fs_index,
-                              member=info.name, offset=info.offset_data, size=info.size))
+                              member=info.name, offset=info.offset_data, size=info.size,
+                              rel=f"{posixpath.splitext(rel)[0]}/{readable_name(info.name)}"))
 
 
 def _add_file(fs, fs_index: int, path: str, uri: str, key: str, explicit: bool,
-              sources: list[Source], skipped: list[Skipped]) -> None:
+              sources: list[Source], skipped: list[Skipped], rel: str) -> None:
     ext = _ext(path)
     if ext in TAR_EXTENSIONS:
-        _list_tar(fs, fs_index, path, uri, key, sources, skipped)
+        _list_tar(fs, fs_index, path, uri, key, rel, sources, skipped)
     elif ext in IMAGE_EXTENSIONS or explicit:
         # A file named on the command line is tried whatever its extension; decoding decides.
-        sources.append(Source(key=key, path=path, uri=uri, fs=fs_index))
+        sources.append(Source(key=key, path=path, uri=uri, fs=fs_index, rel=rel))
     else:
         reason = f"not an image file (extension {ext!r})" if ext else "not an image file (no extension)"
         skipped.append(Skipped(uri, reason))
@@ -325,7 +330,7 @@ def list_sources(inputs: list[str], filesystem=None, *, _depth: int = 0) -> Corp
             for child in children:
                 rel = readable_name(posixpath.relpath(child, path))
                 _add_file(fs, index, child, readable_name(_as_uri(uri, child)), f"{root_name}/{rel}",
-                          False, sources, skipped)
+                          False, sources, skipped, rel)
         elif _ext(path) in LIST_EXTENSIONS:
             if _depth > 2:
                 raise UsageError(f"--input {uri}: list files nest too deeply")
@@ -335,7 +340,7 @@ def list_sources(inputs: list[str], filesystem=None, *, _depth: int = 0) -> Corp
             sources.extend(Source(**{**s.to_dict(), "fs": s.fs + offset}) for s in nested.sources)
             skipped.extend(nested.skipped)
         else:
-            _add_file(fs, index, path, readable_name(uri), root_name, True, sources, skipped)
+            _add_file(fs, index, path, readable_name(uri), root_name, True, sources, skipped, root_name)
 
     sources = _unique_keys(sources)
     return Corpus(sorted(sources, key=lambda s: s.key), sorted(set(skipped), key=lambda s: s.path), filesystems)
