@@ -98,7 +98,7 @@ def tiny(base_model: str | None = None, random_init: bool = True,
       noise (one recipe, 500 steps: held-out 31.98 → 33.00 dB, blurry 33.00; RESULTS.md, "fourth round").
     - Also trained with ``train.fidelity_loss: psnr`` (per-sample PSNR instead of the batch MSE): pooled MSE
       let ẑ lose up to 3 dB on the cleanest crops; 500 steps, held-out 32.67 → 33.27 dB (RESULTS.md, "fifth
-      round"). ``deblurdiff.pretrained`` ships this preset trained for 2500 steps (``tiny-small-handheld``).
+      round"). ``deblurdiff.pretrained`` ships this preset trained 3000 steps on real photos (``tiny-small-handheld``).
     - Windowed attention as the release runs it, one window = the 64 px training crop's token grid
       (global attention before; a 2048×1152 photo took 584 s and 4.3 GB, self-attention being 80 % of it).
     - Trainable: ``unet`` + ``controlnet`` + ``lkpn``. The paper trains only ControlNet + LKPN because
