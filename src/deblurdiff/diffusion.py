@@ -357,43 +357,26 @@ class DeblurDiffPipeline(DiffusionPipeline):
         if tiles is None:
             out = self.lkpn(z_b, z_b, t, context)
             return out.z_hat, out.kernels
-        z_hat = kern = weight_sum = None
-        for (y0, y1, x0, x1) in tiles:
-            tile = z_b[..., y0:y1, x0:x1]
-            out = self.lkpn(tile, tile, t, context)
-            if z_hat is None:
-                z_hat = z_b.new_zeros(z_b.shape, dtype=torch.float32)
-                kern = z_hat.new_zeros((z_b.shape[0], out.kernels.shape[1], *z_b.shape[2:])) if keep_kernels else None
-                weight_sum = z_hat.new_zeros((1, 1, *z_hat.shape[2:]))
-            wt = _gaussian_weights(y1 - y0, x1 - x0, z_hat.device)  # (1, 1, th, tw)
-            z_hat[..., y0:y1, x0:x1] += out.z_hat.float() * wt
-            if kern is not None:
-                kern[..., y0:y1, x0:x1] += out.kernels.float() * wt
-            weight_sum[..., y0:y1, x0:x1] += wt
-        return z_hat / weight_sum, None if kern is None else kern / weight_sum
+
+        def tile(y0, y1, x0, x1):
+            out = self.lkpn(z_b[..., y0:y1, x0:x1], z_b[..., y0:y1, x0:x1], t, context)
+            return out.z_hat, out.kernels if keep_kernels else None
+
+        return _blend_tiles(tiles, z_b.shape[-2:], tile)
 
     def _predict_noise(self, x_t, t, z_b, context, tiles, control_scale, keep_kernels=True) -> NoisePrediction:
         """``predict_noise`` on the whole latent, or tile by tile with Gaussian-weighted blending."""
         anchor = self.scheduler if self.config.get("z_hat_anchor") else None  # the training noise schedule
         if tiles is None:
             return predict_noise(self.unet, self.controlnet, self.lkpn, x_t, t, z_b, context, control_scale, anchor)
-        out = z_hat = kern = weight_sum = None
-        for (y0, y1, x0, x1) in tiles:
+
+        def tile(y0, y1, x0, x1):
             p = predict_noise(self.unet, self.controlnet, self.lkpn, x_t[..., y0:y1, x0:x1], t,
                               z_b[..., y0:y1, x0:x1], context, control_scale, anchor)
-            if out is None:
-                out = x_t.new_zeros(x_t.shape, dtype=torch.float32)
-                z_hat = torch.zeros_like(out)
-                kern = out.new_zeros((*out.shape[:1], p.kernels.shape[1], *out.shape[2:])) if keep_kernels else None
-                weight_sum = out.new_zeros((1, 1, *out.shape[2:]))
-            wt = _gaussian_weights(y1 - y0, x1 - x0, out.device)  # (1, 1, th, tw)
-            out[..., y0:y1, x0:x1] += p.model_output.float() * wt
-            z_hat[..., y0:y1, x0:x1] += p.z_hat.float() * wt
-            if kern is not None:
-                kern[..., y0:y1, x0:x1] += p.kernels.float() * wt
-            weight_sum[..., y0:y1, x0:x1] += wt
-        return NoisePrediction(model_output=out / weight_sum, z_hat=z_hat / weight_sum,
-                               kernels=None if kern is None else kern / weight_sum)
+            return p.model_output, p.z_hat, p.kernels if keep_kernels else None
+
+        model_output, z_hat, kernels = _blend_tiles(tiles, x_t.shape[-2:], tile)
+        return NoisePrediction(model_output=model_output, z_hat=z_hat, kernels=kernels)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -464,6 +447,24 @@ def _latent_tiles(shape, tile: int, stride: int) -> list[tuple[int, int, int, in
     h, w = shape
     th, tw = min(tile, h), min(tile, w)
     return [(y, y + th, x, x + tw) for y in _tile_starts(h, tile, stride) for x in _tile_starts(w, tile, stride)]
+
+
+def _blend_tiles(tiles, size, run_tile) -> tuple:
+    """``run_tile(y0, y1, x0, x1)`` on each latent window -> a tuple of (B, c, th, tw) tensors (None: not
+    wanted); returns the same tuple over the whole ``size`` = (h, w) latent in fp32, overlapping tiles
+    blended with Gaussian weights (``_gaussian_weights``)."""
+    totals = weight_sum = None
+    for (y0, y1, x0, x1) in tiles:
+        parts = run_tile(y0, y1, x0, x1)
+        if totals is None:
+            totals = [None if p is None else p.new_zeros((*p.shape[:2], *size), dtype=torch.float32) for p in parts]
+            weight_sum = parts[0].new_zeros((1, 1, *size), dtype=torch.float32)
+        wt = _gaussian_weights(y1 - y0, x1 - x0, weight_sum.device)  # (1, 1, th, tw)
+        for total, part in zip(totals, parts):
+            if total is not None:
+                total[..., y0:y1, x0:x1] += part.float() * wt
+        weight_sum[..., y0:y1, x0:x1] += wt
+    return tuple(None if total is None else total / weight_sum for total in totals)
 
 
 def _gaussian_weights(h: int, w: int, device) -> torch.Tensor:
