@@ -257,14 +257,11 @@ def _choose_model(trained: Path, packaged: Path | None, shipped: dict | None, va
 
 def _oracle_bound(held_out: Path) -> dict:
     """Per held-out pair, the PSNR of the best 5×5 linear filter fitted *with the sharp answer*; the mean."""
-    import torch
-
-    from deblurdiff.evaluation import Pair, iter_pairs, oracle_linear_filter, psnr
+    from deblurdiff.evaluation import Pair, _to_tensor, iter_pairs, oracle_linear_filter, psnr
 
     rows = {}
     for pair in (p for p in iter_pairs(held_out) if isinstance(p, Pair)):
-        sharp, blurry = (torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255
-                         for a in (pair.sharp, pair.blurry))
+        sharp, blurry = _to_tensor(pair.sharp), _to_tensor(pair.blurry)  # as eval scores them
         rows[pair.key] = psnr(oracle_linear_filter(sharp, blurry, 5), sharp)
     return {"psnr_oracle_5x5": float(np.mean(list(rows.values()))), "per_pair": rows}
 

@@ -119,10 +119,10 @@ def _worker_env(use_gpu: bool) -> dict:
 def _datasets(cfg: TrainConfig, r: Resources):
     from deblurdiff.pipelines import training_dataset
 
-    def source(shards, images, **passes):
+    def source(shards, images, **stream):
         return training_dataset(shards=shards, images=images, crop=cfg.data.crop, recipe=cfg.data.recipe,
                                 seed=cfg.run.seed, num_cpus=r.read_cpus, synth_workers=r.synth_workers,
-                                synth_cpus=r.synth_cpus, use_gpu=False, **passes)
+                                synth_cpus=r.synth_cpus, use_gpu=False, **stream)
 
     # data.images: enough fresh passes for the whole run (each rank drops its last partial micro-batch
     # per pass, and the ranks' shares may differ a little: 10 % more).
