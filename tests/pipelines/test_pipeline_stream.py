@@ -110,6 +110,8 @@ def test_bad_data_settings_are_usage_errors(tmp_path):
         training_dataset(shards=str(tmp_path / "missing"))
     with pytest.raises(UsageError, match="no .tar shards"):
         training_dataset(shards=str(tmp_path))
+    with pytest.raises(UsageError, match="data.images: passes and crops per image must be >= 1, got 0 and 8"):
+        training_dataset(images=str(tmp_path), crop=64, passes=0, crops_per_image=8)
 
 
 
