@@ -18,12 +18,13 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from _actors import alive_actor_pids, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -124,24 +125,6 @@ def test_a_file_that_vanishes_between_listing_and_reading_is_skipped_and_reporte
 
 
 # ------------------------------------------------------------------------ SIGKILL
-def _shard_builder_pids() -> list[int]:
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
-    return [a.pid for a in actors if "ShardBuilder" in a.class_name and a.pid]
-
-
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkilled_synthesis_actor_run_completes_byte_identical(reference, hostile, tmp_path):
     from deblurdiff.pipelines import run_synth
 
@@ -157,8 +140,8 @@ def test_sigkilled_synthesis_actor_run_completes_byte_identical(reference, hosti
     driver = threading.Thread(target=run)
     driver.start()
     # Mid-run: an actor is building (a temporary shard exists) and shards remain to be built.
-    _wait_for(lambda: list(out.glob("shard-*.tmp-*")) if out.is_dir() else None, 240, "a shard being built")
-    victims = _wait_for(_shard_builder_pids, 60, "the synthesis actors")
+    wait_for(lambda: list(out.glob("shard-*.tmp-*")) if out.is_dir() else None, 240, "a shard being built")
+    victims = wait_for(lambda: alive_actor_pids("ShardBuilder"), 60, "the synthesis actors")
     os.kill(victims[0], signal.SIGKILL)
     driver.join(600)
     assert "error" not in result, result.get("error")
@@ -177,7 +160,7 @@ def test_sigkilled_driver_leaves_only_whole_shards_and_resume_is_byte_identical(
         proc = subprocess.Popen([str(Path(sys.executable).parent / "deblurdiff"), *args], stdout=subprocess.DEVNULL,
                                 stderr=stderr, env=dict(os.environ))
     try:
-        _wait_for(lambda: list(out.glob("shard-*.tar")) or proc.poll() is not None, 300, "a first shard")
+        wait_for(lambda: list(out.glob("shard-*.tar")) or proc.poll() is not None, 300, "a first shard")
         assert proc.poll() is None, f"the run ended before the kill: {log.read_text()[-3000:]}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)

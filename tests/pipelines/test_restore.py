@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _actors import alive_actor_pids, wait_for
+
 # Fast settings for the tiny model: 2 DPM-Solver++ steps from pure noise.
 SETTINGS = dict(sampler="dpmpp", steps=2, strength=1.0, seed=3)
 CLI_SETTINGS = ["--sampler", "dpmpp", "--steps", "2", "--strength", "1", "--seed", "3"]
@@ -178,24 +180,6 @@ def test_one_replica_and_the_in_process_path_give_the_same_bytes(reference, arch
     assert _outputs(here) == expected
 
 
-def _restorer_pids() -> list[int]:
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
-    return [a.pid for a in actors if "Restorer" in a.class_name and a.pid]
-
-
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.integration
 @pytest.mark.faults
 def test_a_sigkilled_model_actor_does_not_stop_the_job(reference, archive, tiny_model_dir, tmp_path):
@@ -215,8 +199,8 @@ def test_a_sigkilled_model_actor_does_not_stop_the_job(reference, archive, tiny_
 
     driver = threading.Thread(target=run)
     driver.start()
-    _wait_for(lambda: len(_outputs(out)) if out.is_dir() else 0, 240, "a first output")
-    os.kill(_wait_for(_restorer_pids, 60, "the model actors")[0], signal.SIGKILL)
+    wait_for(lambda: len(_outputs(out)) if out.is_dir() else 0, 240, "a first output")
+    os.kill(wait_for(lambda: alive_actor_pids("Restorer"), 60, "the model actors")[0], signal.SIGKILL)
     assert len(_outputs(out)) < len(rels), "every image was done before the kill: the test proves nothing"
     driver.join(600)
     assert "error" not in result, result.get("error")
@@ -239,7 +223,7 @@ def test_a_sigkilled_driver_is_finished_by_rerunning_the_same_command(cli, refer
         proc = subprocess.Popen([str(Path(sys.executable).parent / "deblurdiff"), *args], stdout=subprocess.DEVNULL,
                                 stderr=stderr, env=dict(os.environ))
     try:
-        _wait_for(lambda: len(_outputs(out)) >= 3 if out.is_dir() else proc.poll() is not None, 300,
+        wait_for(lambda: len(_outputs(out)) >= 3 if out.is_dir() else proc.poll() is not None, 300,
                   "a few outputs")
         assert proc.poll() is None, f"the run ended before the kill: {log.read_text()[-3000:]}"
         os.kill(proc.pid, signal.SIGKILL)
