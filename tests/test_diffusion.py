@@ -280,3 +280,25 @@ def test_recorded_sampling_is_the_default_and_arguments_override_it(tmp_path):
                    return_intermediates=True).timesteps) == 5
     with pytest.raises(ValueError, match="sampling.steps"):
         record_sampling(tmp_path, {"sampler": "dpmpp", "steps": 0, "strength": 0.4})
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5])  # the LKPN estimate alone, and every sampling step
+def test_tiles_on_several_threads_give_the_same_bits_as_one_at_a_time(pipe, strength):
+    # How `deblurdiff deblur` uses all cores on a large photo while staying byte-identical to its
+    # one-thread Ray actors: several tiles at once, each on one torch thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kw = dict(num_inference_steps=4, sampler="dpmpp", strength=strength, output_type="pt", tile_size=16,
+                  tile_stride=12, return_intermediates=True)
+        one = run(pipe, photo(40, 44), **kw)
+        pipe.set_tile_workers(3)
+        several = run(pipe, photo(40, 44), **kw)
+    finally:
+        pipe.set_tile_workers(1)
+        torch.set_num_threads(threads)
+    assert torch.equal(several.images, one.images)
+    assert all(torch.equal(a, b) for a, b in zip(several.z_hat, one.z_hat))
+    assert all(torch.equal(a, b) for a, b in zip(several.kernels, one.kernels))
+    with pytest.raises(ValueError, match="tile workers"):
+        pipe.set_tile_workers(0)

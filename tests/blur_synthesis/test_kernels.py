@@ -50,6 +50,21 @@ def test_trajectory_psfs_reach_127_px_and_are_thin_curves():
     assert n == 1
 
 
+@pytest.mark.parametrize("walk_seed", range(8))
+def test_the_smallest_trajectory_psf_still_blurs_and_stays_centred(walk_seed):
+    # small-handheld draws 3-px shake PSFs for about a fifth of its pairs; a 0-px path made them a delta
+    # (the "blurred" image equal to the sharp one), so a 3-px PSF holds a 1-px path.
+    spec = {"family": "trajectory", "size": 3, "steps": 384, "anxiety": 0.004, "centripetal": 0.3, "gaussian": 5.0,
+            "impulsive": 0.1, "exposure": 0.7, "walk_seed": walk_seed}
+    k = build_psf(spec)
+    assert k.shape == (3, 3) and float(k.max()) < 0.9 and int((k > 0.01).sum()) >= 2
+    cx, cy = _centroid(k)
+    assert abs(cx - 1) <= 0.5 and abs(cy - 1) <= 0.5
+    recipe = load_recipe("small-handheld").blur
+    g = torch.Generator().manual_seed(walk_seed)
+    assert all(float(build_psf(sample_psf(g, recipe)).max()) < 0.999 for _ in range(40))  # no delta at all
+
+
 def test_trajectory_depends_on_its_walk_seed_only():
     base = {"family": "trajectory", "size": 63, "steps": 256, "anxiety": 0.005, "centripetal": 0.3, "gaussian": 5.0,
             "impulsive": 0.1, "exposure": 0.8, "walk_seed": 1}

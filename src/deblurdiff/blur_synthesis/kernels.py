@@ -151,7 +151,9 @@ def build_psf(spec: dict) -> torch.Tensor:
         if turn:
             c, s = math.cos(turn), math.sin(turn)
             exposed = exposed @ torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
-        psf = rasterize_path(_fit_to_canvas(exposed, size - 3), size)
+        # The path spans size - 3 px (bilinear splats need the margin); a 3-px PSF gets a 1-px path, the
+        # longest that fits, not a 0-px one: a single point would be a delta, a "blur" that changes nothing.
+        psf = rasterize_path(_fit_to_canvas(exposed, max(size - 3, 1), size), size)
     elif family == "linear":
         half = spec["length"] / 2
         angle = math.radians(spec["angle"])
@@ -198,13 +200,14 @@ def trajectory_path(seed: int, steps: int, anxiety: float, centripetal: float, g
     return torch.tensor([[z.real, z.imag] for z in xs], dtype=torch.float64)
 
 
-def _fit_to_canvas(points: torch.Tensor, extent: float) -> torch.Tensor:
-    """Scale a path so its bounding box's longer side is ``extent`` px and centre the box on the
-    canvas centre ``(extent + 3 - 1) / 2`` (so the PSF is exactly ``extent + 3`` px wide)."""
+def _fit_to_canvas(points: torch.Tensor, extent: float, size: int) -> torch.Tensor:
+    """Scale a path so its bounding box's longer side is ``extent`` px and centre the box on the centre
+    pixel ``(size - 1) / 2`` of a ``size``-px canvas (``extent`` <= ``size`` - 2 keeps every bilinear
+    splat inside it)."""
     lo, hi = points.min(0).values, points.max(0).values
     span = float((hi - lo).max())
     scale = extent / span if span > 1e-9 else 0.0
-    return (points - (lo + hi) / 2) * scale + (extent + 2) / 2
+    return (points - (lo + hi) / 2) * scale + (size - 1) / 2
 
 
 def rasterize_path(points: torch.Tensor, size: int, spacing: float = 0.25) -> torch.Tensor:

@@ -20,7 +20,8 @@ A few images with no cluster named run the same three functions in this process 
 starting Ray costs more than restoring them.
 
 Determinism: each image is restored alone, its noise drawn from a generator seeded by (``--seed``, the
-image's relative path), on one torch thread per CPU actor. So an image restores to the same bytes
+image's relative path), on one torch thread per CPU actor (in this process, a large photo's tiles run on
+all cores at once, each on one thread). So an image restores to the same bytes
 with 1 or N replicas, on a rerun, after a resume, and in this process. (Batching several images into
 one diffusion call would change results in the last float bit with the batch's make-up, which
 depends on what is left to do; it is not done.)
@@ -216,7 +217,7 @@ class Restorer:
     """
 
     def __init__(self, *, model: str, sampling: dict, tile: int | None, release_compat: bool, device: str,
-                 threads: int, dtype: str | None = None):
+                 threads: int, dtype: str | None = None, tile_workers: int = 1):
         import torch
 
         from deblurdiff.model_dir import load_pipeline
@@ -226,6 +227,8 @@ class Restorer:
         self.device = torch.device(device)
         self.pipe = load_pipeline(model, device=device, torch_dtype=getattr(torch, dtype) if dtype else None)
         self.pipe.set_progress_bar_config(disable=True)
+        # Tiles of a large photo on several cores, each on one thread: the same bytes (diffusion._blend_tiles).
+        self.pipe.set_tile_workers(tile_workers)
         self.sampling, self.tile, self.release_compat = sampling, tile, release_compat
 
     def restore(self, rgb: np.ndarray, seed: int) -> np.ndarray:
@@ -358,7 +361,7 @@ class RestoreJob:
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         restorer = Restorer(model=self.model, sampling=self._sampling(), tile=self.settings["tile"],
                             release_compat=self.settings["release_compat"], device=device, threads=1,
-                            dtype=self.dtype)
+                            dtype=self.dtype, tile_workers=_usable_cpus() if device == "cpu" else 1)
         for task in self.tasks:
             row = read_decode({"task": task.to_json()}, filesystems=self.filesystems)
             batch = restorer({k: np.array([v], dtype=object if isinstance(v, (bytes, str)) else None)
@@ -530,3 +533,8 @@ def plan_restore(inputs: list[str], output: str, *, model: str, sampler: str | N
         todo = [t for t in todo if t.output not in present]
     return RestoreJob(list(inputs), out, settings, todo, done, failed, filesystems, model=model, replicas=replicas,
                       device=device, dtype=dtype)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
