@@ -179,6 +179,15 @@ def test_one_replica_and_the_in_process_path_give_the_same_bytes(reference, arch
     assert summary.replicas == 0 and summary.restored == 6
     assert _outputs(here) == expected
 
+    # Restored in tiles: here several tiles run at once (one torch thread each), on the actor one at a time.
+    tiled = {**SETTINGS, "tile": 16}
+    plan_restore([str(part)], str(tmp_path / "tiled-actor"), model=str(tiny_model_dir), replicas=1, **tiled) \
+        .run(local=False)
+    plan_restore([str(part)], str(tmp_path / "tiled-here"), model=str(tiny_model_dir), **tiled).run(local=True)
+    tiled_outputs = _outputs(tmp_path / "tiled-here")
+    assert len(tiled_outputs) == 6 and tiled_outputs == _outputs(tmp_path / "tiled-actor")
+    assert tiled_outputs != expected  # it did tile
+
 
 @pytest.mark.integration
 @pytest.mark.faults

@@ -82,9 +82,9 @@ def fft_blur(x: torch.Tensor, psfs: torch.Tensor, masks: torch.Tensor | None = N
         spec = spec_x[:, 0] * spec_k[:, 0, None]
         for j in range(1, n):
             spec.addcmul_(spec_x[:, j], spec_k[:, j, None])
-    # The inverse in two passes, columns then rows, so the second runs on the H kept rows only: the same
-    # numbers as irfft2 (the 2-D transform is these two passes: equal bit for bit with MKL here) and ~30% faster for
-    # a 127-px PSF on 512², where nh - H is a fifth of nh.
+    # The inverse in two passes, columns then rows, so the second runs on the H kept rows only: the numbers
+    # of irfft2 (the 2-D transform is these two passes; equal bit for bit with MKL here), ~30% faster for a
+    # 127-px PSF on 512², where nh - H is a fifth of nh.
     y = torch.fft.ifft(spec, dim=-2, norm="forward")[..., k - 1 : k - 1 + h, :]  # (B, C, H, nw//2+1)
     return torch.fft.irfft(y, n=nw, dim=-1, norm="forward")[..., k - 1 : k - 1 + w]  # (B, C, H, W)
 
