@@ -254,7 +254,7 @@ class DeblurDiffPipeline(DiffusionPipeline):
             sampler: one of ``SAMPLERS``: "ddpm" (released) or "dpmpp" (DPM-Solver++).
             tile_size / tile_stride: latent tiling for large images, in image pixels (sd21: 512 / 256 =
                 the released 64 / 32 latent tiles); eps of overlapping tiles is blended with Gaussian weights.
-                None: one pass up to ``AUTO_TILE_ABOVE_PIXELS`` (4 MP), ``AUTO_TILE`` / ``AUTO_TILE_STRIDE`` above.
+                None: one pass up to ``AUTO_TILE_ABOVE_PIXELS`` (1 MP), ``AUTO_TILE`` / ``AUTO_TILE_STRIDE`` above.
             colour_fix: "adain" matches each output channel's mean/std to the input's; "none" skips it.
             return_intermediates: also return the per-step ẑ and kernels.
             release_compat: post-process exactly as the released DeblurDiff does (docs/released-model.md):
@@ -393,11 +393,12 @@ class DeblurDiffPipeline(DiffusionPipeline):
 
 # ---------------------------------------------------------------------------------- helpers
 # Images above this many pixels are restored in overlapping tiles unless a tile size is given, so memory stays
-# flat whatever the photo (with windowed attention the cost is linear in pixels either way); below 4 MP, one
-# pass. 512 px tiles with a 384 px stride process each pixel ~1.8 times, as 1024 / 768 did, in a quarter of
-# the memory per tile: a 12 MP photo with two tiles at once peaked at 2.3 GB against 3.5 GB (tiny preset, whose
-# LKPN runs at full resolution), and the blend differs from one whole pass by 55 dB PSNR (RESULTS.md).
-AUTO_TILE_ABOVE_PIXELS = 2048 * 2048
+# flat whatever the photo (with windowed attention the cost is linear in pixels either way); up to 1 MP, one
+# pass. 512 px tiles with a 384 px stride process each pixel ~1.8 times; in a quarter of the memory per tile
+# of 1024 / 768 (the tiny preset's LKPN runs at full resolution). Measured on the packaged tiny model, one
+# torch thread (RESULTS.md, "Real photo sizes"): a 2048×1536 photo in one pass 19.4 s and 4.0 GB, in tiles
+# 22.5 s and 1.6 GB, two tiles at once 10.9 s; the blend differs from one whole pass by 55 dB PSNR.
+AUTO_TILE_ABOVE_PIXELS = 1024 * 1024
 AUTO_TILE, AUTO_TILE_STRIDE = 512, 384
 
 # The released sampler (DESIGN §1): 50-step DDPM from pure noise.
