@@ -7,8 +7,7 @@ with Lanczos (default: scikit-image's astronaut; ``--photo`` for another), and p
 command's wall time, the photo's own seconds as the restore manifest records them (decode, restore, encode
 and write: the command's start-up and model load excluded), the ratio of those to the smallest size's, and
 the peak RSS of the process tree (sampled every 0.1 s); times are the fastest of ``--repeats`` runs, RSS the
-largest. Targets
-(issue 23): 2048×1536 ≤ 20× 512×384; 12 MP ≤ 2 minutes and ≤ 3 GB on 2 idle cores.
+largest. Targets (issue 23): 2048×1536 ≤ 20× 512×384; 12 MP ≤ 2 minutes and ≤ 3 GB on 2 idle cores.
 """
 
 from __future__ import annotations
