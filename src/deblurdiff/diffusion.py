@@ -328,12 +328,8 @@ class DeblurDiffPipeline(DiffusionPipeline):
             tile_size, tile_stride = AUTO_TILE, AUTO_TILE_STRIDE
         tiles = _latent_tiles(z_b.shape[-2:], tile_size // f, (tile_stride or tile_size // 2) // f) \
             if tile_size else None
-        #    strength 0: ẑ itself, decoded without any denoising step.
         z_hats, kernels, timesteps = [], [], []
-        noise = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
-        if begin == 0:
-            latents = noise * scheduler.init_noise_sigma
-        elif len(timesteps_to_run) == 0:  # strength 0: the LKPN's estimate (at t = 0, the clean end)
+        if len(timesteps_to_run) == 0:  # strength 0: ẑ itself (the LKPN at t = 0), decoded with no step, no noise
             z_hat, k_hat = self._lkpn_estimate(z_b.to(dtype), torch.zeros(b, dtype=torch.long, device=device),
                                                context, tiles, keep)
             latents = z_hat.float()
@@ -341,9 +337,13 @@ class DeblurDiffPipeline(DiffusionPipeline):
                 z_hats.append(z_hat[..., :lh, :lw].float().cpu())
                 kernels.append(k_hat[..., :lh, :lw].float().cpu())
         else:
-            t_first = timesteps_to_run[:1].repeat(b)
-            latents = scheduler.add_noise(self._lkpn_estimate(z_b.to(dtype), t_first, context, tiles)[0].float(),
-                                          noise, t_first)
+            noise = randn_tensor(z_b.shape, generator=generator, device=device, dtype=torch.float32)
+            if begin == 0:
+                latents = noise * scheduler.init_noise_sigma
+            else:
+                t_first = timesteps_to_run[:1].repeat(b)
+                latents = scheduler.add_noise(
+                    self._lkpn_estimate(z_b.to(dtype), t_first, context, tiles)[0].float(), noise, t_first)
 
         # 5. denoising loop: LKPN + EAC re-run on every x_t (iterative refinement), always on the original z_b
         for t in self.progress_bar(timesteps_to_run):
