@@ -284,11 +284,12 @@ def _before_after(pipe, path: Path) -> None:
     import torch
 
     from deblurdiff.blur_synthesis import synthesize
+    from deblurdiff.evaluation import _to_tensor
     from deblurdiff.imageio import read_rgb
 
     name, top, left, size, seed = BEFORE_AFTER
     sharp_u8 = np.ascontiguousarray(read_rgb(_photo_paths((name,))[0])[top:top + size, left:left + size])
-    sharp = torch.from_numpy(sharp_u8).permute(2, 0, 1)[None].float() / 255
+    sharp = _to_tensor(sharp_u8)  # (1, 3, H, W) in [0, 1], as eval reads pairs
     blurry_u8 = to_uint8(synthesize(sharp, recipe=RECIPE, seeds=[seed]).blurry[0].permute(1, 2, 0)).numpy()
     restored = pipe(blurry_u8, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     _labelled_row([(f"blurry ({RECIPE}, seed {seed})", blurry_u8), ("restored", to_uint8(restored)),
