@@ -112,6 +112,48 @@ def test_bad_data_settings_are_usage_errors(tmp_path):
         training_dataset(shards=str(tmp_path))
     with pytest.raises(UsageError, match="data.images: passes and crops per image must be >= 1, got 0 and 8"):
         training_dataset(images=str(tmp_path), crop=64, passes=0, crops_per_image=8)
+    for bad in ((0.0, 1.0), (0.8, 0.5), (0.5, 1.5)):
+        with pytest.raises(UsageError, match=r"data.crop_scale: expected \[lo, hi\] with 0 < lo <= hi <= 1"):
+            training_dataset(images=str(tmp_path), crop=64, crop_scale=bad)
+    with pytest.raises(UsageError, match="data.crop_scale applies to data.images"):
+        training_dataset(shards=str(tmp_path), crop_scale=(0.5, 1.0))
+
+
+def _ruler_photo(height: int = 300, width: int = 400) -> bytes:
+    """A PNG whose red channel is the column index / 2 and green the row index / 2: a crop's value spread
+    tells how many source pixels it spans."""
+    import io
+
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:height, 0:width]
+    pixels = np.stack([cols // 2, rows // 2, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_crop_scale_shows_each_crop_a_seeded_wider_view_of_the_photo():
+    from deblurdiff.pipelines.stages import decode_crops
+
+    photo, crop = _ruler_photo(), 32
+    plain = decode_crops(photo, "ruler.png", list(range(8)), crop, seed=1)
+    same = decode_crops(photo, "ruler.png", list(range(8)), crop, seed=1, scale_range=(1.0, 1.0))
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(plain, same))  # [1, 1]: the plain crops
+    half = decode_crops(photo, "ruler.png", list(range(8)), crop, seed=1, scale_range=(0.5, 0.5))
+    drawn = decode_crops(photo, "ruler.png", list(range(8)), crop, seed=1, scale_range=(0.5, 1.0))
+    again = decode_crops(photo, "ruler.png", list(range(8)), crop, seed=1, scale_range=(0.5, 1.0))
+
+    def span(c):  # source columns a crop covers, read off its red ruler (2 columns per value)
+        red = c.pixels[crop // 2, :, 0].astype(int)
+        return 2 * (red[-1] - red[0])
+
+    assert all(c.pixels.shape == (crop, crop, 3) and c.pixels.dtype == np.uint8 for c in half + drawn)
+    assert all(span(c) in range(crop - 3, crop + 1) for c in plain)
+    assert all(span(c) in range(2 * crop - 6, 2 * crop + 1) for c in half)  # scale 0.5: twice the view
+    spans = [span(c) for c in drawn]
+    assert all(crop - 4 <= s <= 2 * crop for s in spans) and len(set(spans)) > 3  # a scale per crop
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(drawn, again))  # seeded
 
 
 

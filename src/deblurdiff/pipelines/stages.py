@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from deblurdiff.imageio import ImageDecodeError, decode_rgb
 from deblurdiff.pipelines.plan import crop_box, sample_seed
@@ -37,19 +38,39 @@ class Crop:
     source_size: tuple[int, int]  # (height, width) after EXIF orientation
 
 
-def decode_crops(data: bytes, source_key: str, crop_indices: list[int], crop: int, seed: int) -> list[Crop]:
+def decode_crops(data: bytes, source_key: str, crop_indices: list[int], crop: int, seed: int,
+                 scale_range: tuple[float, float] = (1.0, 1.0)) -> list[Crop]:
     """Decode one source and cut its crops. Raises ImageDecodeError (the reason) when the bytes are
-    not an image or the image is smaller than the crop."""
+    not an image or the image is smaller than the crop.
+
+    ``scale_range`` (lo, hi), 0 < lo <= hi <= 1: each crop is the photo seen at a scale s drawn uniformly
+    from it (seeded by seed, source and crop index): a ``crop / s`` px window resized to ``crop`` px
+    (Lanczos), as if the photo had been taken or stored smaller. (1, 1): plain crops, no draw.
+    """
     image = decode_rgb(data, max_pixels=MAX_PIXELS)  # (H, W, 3) uint8, EXIF applied
     height, width = image.shape[:2]
     if height < crop or width < crop:
         raise ImageDecodeError(f"smaller than the crop: {width}x{height} < {crop}x{crop}")
     crops = []
     for c in crop_indices:
-        top, left = crop_box(seed, source_key, c, height, width, crop)
-        pixels = np.ascontiguousarray(image[top : top + crop, left : left + crop])
+        window = _window_side(seed, source_key, c, crop, scale_range, min(height, width))
+        top, left = crop_box(seed, source_key, c, height, width, window)
+        pixels = np.ascontiguousarray(image[top : top + window, left : left + window])
+        if window != crop:
+            pixels = np.asarray(Image.fromarray(pixels).resize((crop, crop), Image.LANCZOS))
         crops.append(Crop(c, top, left, pixels, (height, width)))
     return crops
+
+
+def _window_side(seed: int, source_key: str, crop_index: int, crop: int, scale_range: tuple[float, float],
+                 shortest_side: int) -> int:
+    """The side of the source window that becomes one crop: ``crop`` at scale 1, ``crop / s`` at a scale s
+    drawn from ``scale_range`` (capped by the photo's shortest side)."""
+    lo, hi = scale_range
+    if (lo, hi) == (1.0, 1.0):
+        return crop
+    scale = np.random.default_rng(sample_seed(seed, source_key, crop_index, "scale")).uniform(lo, hi)
+    return min(shortest_side, round(crop / scale))
 
 
 def synthesize_crops(sharp_u8: np.ndarray, seeds: list[int], recipe, device: str = "cpu"):

@@ -44,8 +44,8 @@ BATCH_KEYS = ("sharp", "blurry")  # float32 (3, H, W) per row; (B, 3, H, W) per 
 
 
 def training_dataset(*, shards=None, images=None, crop: int | None = None, recipe="realistic", seed: int = 0,
-                     crops_per_image: int = 1, passes: int = 1, min_pairs: int | None = None, filesystem=None,
-                     num_cpus: float = 0.5,
+                     crops_per_image: int = 1, passes: int = 1, min_pairs: int | None = None,
+                     crop_scale: tuple[float, float] = (1.0, 1.0), filesystem=None, num_cpus: float = 0.5,
                      synth_workers: int | None = None, synth_cpus: float | None = None,
                      use_gpu: bool = False):
     """A ``ray.data.Dataset`` whose rows are ``{"sharp", "blurry"}``, float32 (3, H, W) in [0, 1].
@@ -58,7 +58,10 @@ def training_dataset(*, shards=None, images=None, crop: int | None = None, recip
     - ``images``: folders / images / list files / WebDataset image shards as for ``synth``; each
       of ``passes`` passes gives ``crops_per_image`` new random ``crop``×``crop`` crops of every
       source (``crop`` required), blurred with ``recipe`` and ``seed`` on the fly; ``min_pairs``: at
-      least that many pairs in all (more passes when needed: a training run's steps × batch size).
+      least that many pairs in all (more passes when needed: a training run's steps × batch size);
+      ``crop_scale`` (lo, hi): each crop sees its photo at a random scale in [lo, hi] (a ``crop / s`` px
+      window resized to ``crop``; ``stages.decode_crops``), so a corpus of large photos also teaches
+      what smaller ones look like at the pixel level.
 
     Resources (so the data stages fit beside the training workers): ``num_cpus`` per read/decode
     task; ``synth_workers`` actors of ``synth_cpus`` CPUs each for on-the-fly blur (default: from
@@ -68,14 +71,20 @@ def training_dataset(*, shards=None, images=None, crop: int | None = None, recip
     """
     if (shards is None) == (images is None):
         raise UsageError("data: set exactly one of data.shards (WebDataset pairs) or data.images (image folders)")
+    lo, hi = crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise UsageError(f"data.crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got [{lo}, {hi}]")
     if shards is not None:
+        if (lo, hi) != (1.0, 1.0):
+            raise UsageError("data.crop_scale applies to data.images (crops cut on the fly); shards hold "
+                             "crops already cut")
         return _from_shards(_as_list(shards), crop=crop, seed=seed, filesystem=filesystem, num_cpus=num_cpus)
     if crop is None:
         raise UsageError("data.images: a crop size is needed for on-the-fly synthesis (set data.crop)")
     if passes < 1 or crops_per_image < 1:
         raise UsageError(f"data.images: passes and crops per image must be >= 1, got {passes} and {crops_per_image}")
     return _from_images(_as_list(images), crop=crop, recipe=recipe, seed=seed, crops_per_image=crops_per_image,
-                        passes=passes, min_pairs=min_pairs, filesystem=filesystem, num_cpus=num_cpus, synth_workers=synth_workers,
+                        crop_scale=(float(lo), float(hi)), passes=passes, min_pairs=min_pairs, filesystem=filesystem, num_cpus=num_cpus, synth_workers=synth_workers,
                         synth_cpus=synth_cpus, use_gpu=use_gpu)
 
 
@@ -147,8 +156,8 @@ def _chw_float(images) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- data.images
-def _from_images(paths, *, crop, recipe, seed, crops_per_image, passes, min_pairs, filesystem, num_cpus,
-                 synth_workers, synth_cpus, use_gpu):
+def _from_images(paths, *, crop, recipe, seed, crops_per_image, crop_scale, passes, min_pairs, filesystem,
+                 num_cpus, synth_workers, synth_cpus, use_gpu):
     import ray.data
 
     from deblurdiff.blur_synthesis import load_recipe
@@ -161,11 +170,12 @@ def _from_images(paths, *, crop, recipe, seed, crops_per_image, passes, min_pair
         raise UsageError(f"data.images {' '.join(paths)}: no image files found")
     if min_pairs:
         passes = max(passes, math.ceil(min_pairs / (len(corpus.sources) * crops_per_image)))
-    logger.info("data.images: %d photos, %d passes of %d crops each (%d pairs, every one drawn afresh)",
-                len(corpus.sources), passes, crops_per_image, passes * len(corpus.sources) * crops_per_image)
+    logger.info("data.images: %d photos, %d passes of %d crops each (%d pairs, every one drawn afresh)%s",
+                len(corpus.sources), passes, crops_per_image, passes * len(corpus.sources) * crops_per_image,
+                "" if crop_scale == (1.0, 1.0) else " at scales %g–%g" % crop_scale)
     ds = ray.data.from_items(pass_rows(corpus.sources, seed, passes))
     ds = ds.map_batches(_decode_crop_batch, fn_kwargs={"filesystems": corpus.filesystems, "crop": crop, "seed": seed,
-                                                       "crops_per_image": crops_per_image},
+                                                       "crops_per_image": crops_per_image, "crop_scale": crop_scale},
                         batch_size=4, batch_format="numpy", num_cpus=num_cpus)
     # Leave the readers their CPUs (a pool that takes them all starves the reads and hangs).
     pool = size_pool(synth_workers, reserve_cpus=max(num_cpus, 1.0), use_gpu=use_gpu)
@@ -187,7 +197,8 @@ def pass_rows(sources: list[Source], seed: int, passes: int) -> list[dict]:
     return rows
 
 
-def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_per_image: int):
+def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_per_image: int,
+                       crop_scale: tuple[float, float]):
     """(source JSON, pass) rows -> sharp crops (n, c, c, 3) uint8 with their blur seeds; bad inputs logged,
     dropped. Pass p cuts crop indices [p·N, (p+1)·N): new positions and new blur every pass."""
     sharp, seeds = [], []
@@ -196,7 +207,7 @@ def _decode_crop_batch(batch: dict, *, filesystems, crop: int, seed: int, crops_
         first = int(pass_index) * crops_per_image
         try:
             crops = decode_crops(read_source(source, filesystems), source.key,
-                                 list(range(first, first + crops_per_image)), crop, seed)
+                                 list(range(first, first + crops_per_image)), crop, seed, crop_scale)
         except ImageDecodeError as exc:
             if int(pass_index) == 0:  # once per input, not once per pass
                 logger.warning("data.images: skipping %s: %s", source.uri, exc)

@@ -40,6 +40,10 @@ class DataSection(Section):
     # data.images: crops cut from each photo per pass over the photos; every pass draws new crop positions
     # and new blur (seeded by run.seed, pass, photo and crop index), so the stream never repeats a pair.
     crops_per_image: int = Field(8, ge=1)
+    # data.images: each training crop sees its photo at a scale drawn from [lo, hi] (a crop/s px window
+    # resized to `crop`, Lanczos), so photos stored larger or smaller than the corpus's look familiar.
+    # [1, 1]: plain crops. Validation crops are always plain. The packaged model: [0.5, 1] (RESULTS.md).
+    crop_scale: tuple[float, float] = (1.0, 1.0)
     crop: int = Field(64, ge=8)  # training crop size in pixels (512 for sd21)
     # Held-out pairs for the validation grid and metrics, as shards or images (at most one). Neither:
     # the first `validation_pairs` training samples (not held out; summary.json says so).
