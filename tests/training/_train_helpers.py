@@ -16,6 +16,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def write_photos(directory: Path, names) -> Path:
+    """scikit-image's bundled photos ``names`` (no download) as RGB PNGs in ``directory``."""
+    import numpy as np
+    import skimage.data
+
+    from deblurdiff.imageio import encode_image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        (directory / f"{name}.png").write_bytes(encode_image(np.ascontiguousarray(img[..., :3]), "png"))
+    return directory
+
+
 def run_train(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     """The real ``deblurdiff`` console script (as the ``cli`` fixture runs it; usable from module-scoped
     fixtures, which cannot take the function-scoped ``cli``). Joins the test cluster via RAY_ADDRESS."""

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import socket
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

@@ -141,6 +141,10 @@ def _datasets(cfg: TrainConfig, r: Resources):
     # Validation images: one crop of every photo per pass, so the first validation_pairs pairs cover all photos.
     val = source(cfg.data.validation_shards, cfg.data.validation_images, crops_per_image=1,
                  passes=cfg.data.validation_pairs) if held_out else train
+    if held_out:  # its own DataContext (each source snapshots one), so training's stream keeps its speed
+        # The first N pairs in the stream's own order (shards in file order; photos pass by pass), the same
+        # pairs on every run: Ray Data otherwise hands out whichever blocks finish first.
+        val.context.execution_options.preserve_order = True
     rows = val.take(cfg.data.validation_pairs)
     if not rows:
         raise UsageError("data.validation: no pairs could be read for validation")
