@@ -84,8 +84,8 @@ def training_dataset(*, shards=None, images=None, crop: int | None = None, recip
     if passes < 1 or crops_per_image < 1:
         raise UsageError(f"data.images: passes and crops per image must be >= 1, got {passes} and {crops_per_image}")
     return _from_images(_as_list(images), crop=crop, recipe=recipe, seed=seed, crops_per_image=crops_per_image,
-                        crop_scale=(float(lo), float(hi)), passes=passes, min_pairs=min_pairs, filesystem=filesystem, num_cpus=num_cpus, synth_workers=synth_workers,
-                        synth_cpus=synth_cpus, use_gpu=use_gpu)
+                        crop_scale=(float(lo), float(hi)), passes=passes, min_pairs=min_pairs, filesystem=filesystem,
+                        num_cpus=num_cpus, synth_workers=synth_workers, synth_cpus=synth_cpus, use_gpu=use_gpu)
 
 
 def _as_list(value) -> list[str]:

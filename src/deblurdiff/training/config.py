@@ -42,7 +42,8 @@ class DataSection(Section):
     crops_per_image: int = Field(8, ge=1)
     # data.images: each training crop sees its photo at a scale drawn from [lo, hi] (a crop/s px window
     # resized to `crop`, Lanczos), so photos stored larger or smaller than the corpus's look familiar.
-    # [1, 1]: plain crops. Validation crops are always plain. The packaged model: [0.5, 1] (RESULTS.md).
+    # [1, 1]: plain crops. Validation crops are always plain. Measured for the packaged model ([0.5, 1], 3000
+    # steps): no gain, so it is trained with plain crops (RESULTS.md, "Real-photo model, third round").
     crop_scale: tuple[float, float] = (1.0, 1.0)
     crop: int = Field(64, ge=8)  # training crop size in pixels (512 for sd21)
     # Held-out pairs for the validation grid and metrics, as shards or images (at most one). Neither:
