@@ -3,8 +3,10 @@ the same validation pairs on every run, and data.crop_scale reaching the on-the-
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +33,18 @@ def _digests(images: np.ndarray) -> list[str]:
     return [hashlib.sha1(np.round(x * 255).astype(np.uint8).tobytes()).hexdigest() for x in images]
 
 
+def _cpus_freed_back_to(cpus: float, timeout: float = 20) -> bool:
+    """Whether the cluster's free CPUs come back to ``cpus`` within ``timeout`` s (actors exit asynchronously)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0.0) < cpus:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     return write_photos(tmp_path_factory.mktemp("datasets") / "photos", PHOTOS)
@@ -47,7 +61,10 @@ def test_validation_pairs_are_the_same_first_pairs_every_run_and_crop_scale_reac
 
     plain_cfg, scaled_cfg = _config(photos), _config(photos, "data.crop_scale=[0.5,0.5]")
     resources = plan_resources(plain_cfg, [n for n in ray.nodes() if n["Alive"]])
+    free_cpus = ray.available_resources().get("CPU", 0.0)
     runs = [_datasets(cfg, resources) for cfg in (plain_cfg, plain_cfg, scaled_cfg)]
+    # The validation stream's actors are gone once its pairs are taken: the trainer gets those CPUs.
+    assert _cpus_freed_back_to(free_cpus), ray.available_resources()
 
     # Validation: one plain crop of every photo per pass, passes in order: 5 photos of pass 0, then 2 of pass 1.
     corpus = list_sources([str(photos)])
@@ -69,3 +86,6 @@ def test_validation_pairs_are_the_same_first_pairs_every_run_and_crop_scale_reac
 
     plain, scaled = sharp_digests(runs[0][0]), sharp_digests(runs[2][0])
     assert len(plain) == len(scaled) == 10 and not plain & scaled
+    del runs  # the training streams' actors too, so the tests after this one find the cluster's CPUs free
+    gc.collect()
+    assert _cpus_freed_back_to(free_cpus), ray.available_resources()

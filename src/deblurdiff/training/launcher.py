@@ -15,6 +15,7 @@ Ray Train V2 glue only; the algorithm is in ``loop.py``. Outputs under ``run.out
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -146,6 +147,11 @@ def _datasets(cfg: TrainConfig, r: Resources):
         # pairs on every run: Ray Data otherwise hands out whichever blocks finish first.
         val.context.execution_options.preserve_order = True
     rows = val.take(cfg.data.validation_pairs)
+    if held_out:
+        # The stream's actors live until its executor is garbage-collected (it sits in a reference cycle),
+        # holding CPUs the trainer is about to ask for: free them now.
+        del val
+        gc.collect()
     if not rows:
         raise UsageError("data.validation: no pairs could be read for validation")
     import numpy as np
