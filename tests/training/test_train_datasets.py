@@ -71,7 +71,8 @@ def test_validation_pairs_are_the_same_first_pairs_every_run_and_crop_scale_reac
     expected = []
     for row in pass_rows(corpus.sources, plain_cfg.run.seed, passes=2):
         source = next(s for s in corpus.sources if s.to_dict() == json.loads(row["source"]))
-        crop = decode_crops(read_source(source, corpus.filesystems), source.key, [row["pass"]], 32, 0)[0]
+        crop = decode_crops(read_source(source, corpus.filesystems), source.key, [row["pass"]], 32,
+                            plain_cfg.run.seed)[0]
         expected.append(hashlib.sha1(np.ascontiguousarray(crop.pixels.transpose(2, 0, 1)).tobytes()).hexdigest())
     for train, (sharp, blurry), held_out in runs:
         assert held_out and sharp.shape == blurry.shape == (7, 3, 32, 32)

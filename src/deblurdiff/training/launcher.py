@@ -128,7 +128,8 @@ def _datasets(cfg: TrainConfig, r: Resources):
     # data.images: enough fresh passes for the whole run (each rank drops its last partial micro-batch
     # per pass, and the ranks' shares may differ a little: 10 % more).
     train = source(cfg.data.shards, cfg.data.images, crops_per_image=cfg.data.crops_per_image,
-                   crop_scale=cfg.data.crop_scale, min_pairs=int(cfg.train.max_steps * cfg.train.batch_size * 1.1) + 1)
+                   crop_scale=cfg.data.crop_scale,
+                   min_pairs=int(cfg.train.max_steps * cfg.train.batch_size * 1.1) + 1)
     if cfg.data.cache and cfg.data.images is not None:
         logger.info("data.cache: data.images draws fresh pairs every pass; nothing is cached")
     elif cfg.data.cache:
