@@ -63,8 +63,6 @@ def test_validation_pairs_are_the_same_first_pairs_every_run_and_crop_scale_reac
     resources = plan_resources(plain_cfg, [n for n in ray.nodes() if n["Alive"]])
     free_cpus = ray.available_resources().get("CPU", 0.0)
     runs = [_datasets(cfg, resources) for cfg in (plain_cfg, plain_cfg, scaled_cfg)]
-    # The validation stream's actors are gone once its pairs are taken: the trainer gets those CPUs.
-    assert _cpus_freed_back_to(free_cpus), ray.available_resources()
 
     # Validation: one plain crop of every photo per pass, passes in order: 5 photos of pass 0, then 2 of pass 1.
     corpus = list_sources([str(photos)])
