@@ -15,7 +15,6 @@ Ray Train V2 glue only; the algorithm is in ``loop.py``. Outputs under ``run.out
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -147,12 +146,7 @@ def _datasets(cfg: TrainConfig, r: Resources):
         # The first N pairs in the stream's own order (shards in file order; photos pass by pass), the same
         # pairs on every run: Ray Data otherwise hands out whichever blocks finish first.
         val.context.execution_options.preserve_order = True
-    rows = val.take(cfg.data.validation_pairs)
-    if held_out:
-        # The stream's actors live until its executor is garbage-collected (it sits in a reference cycle),
-        # holding CPUs the trainer is about to ask for: free them now.
-        del val
-        gc.collect()
+    rows = _first_rows(val, cfg.data.validation_pairs)
     if not rows:
         raise UsageError("data.validation: no pairs could be read for validation")
     import numpy as np
@@ -160,6 +154,22 @@ def _datasets(cfg: TrainConfig, r: Resources):
     sharp = np.stack([row["sharp"] for row in rows]).astype(np.float32)  # (N, 3, H, W)
     blurry = np.stack([row["blurry"] for row in rows]).astype(np.float32)
     return train, (sharp, blurry), held_out
+
+
+def _first_rows(ds, n: int) -> list[dict]:
+    """The first ``n`` rows of ``ds``, read by a one-off Ray task whose worker process exits when it returns.
+
+    The stream's actors are owned by that worker and die with it, so the CPUs they held are free for the
+    trainer at once. Read here instead, the actors outlive the read (``Dataset.take`` and even a stream read
+    to its end leave them to the executor's garbage collection, and the executor sits in a reference cycle).
+    """
+    import ray
+
+    def read(stream):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # as on the driver (``connect``): no plan dumps
+        return list(stream.limit(n).iter_rows())
+
+    return ray.get(ray.remote(num_cpus=0, max_calls=1)(read).remote(ds))
 
 
 class RunEvents:
