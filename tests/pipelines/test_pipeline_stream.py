@@ -177,3 +177,32 @@ def test_a_sample_missing_an_image_is_skipped_not_fatal(shards, tmp_path):
     keys = {m.name.split(".", 1)[0] for m in members}
     pairs = _pairs(training_dataset(shards=str(damaged)))
     assert len(pairs) == len(keys) - 1 >= 1
+
+
+@pytest.mark.integration
+def test_a_damaged_shard_and_an_undecodable_png_lose_only_their_own_pairs(shards, tmp_path):
+    """One shard cut short in its last sample (a copy interrupted), one whose first sample's blur.png is
+    garbage bytes: the training stream reads every intact pair and the job goes on."""
+    import io
+    import tarfile
+
+    from deblurdiff.pipelines import training_dataset
+
+    first, second = sorted(shards.glob("shard-*.tar"))[:2]
+    with tarfile.open(first) as src:
+        last = [m for m in src.getmembers() if m.isfile()][-1]  # the last sample's last member
+        cut_at = last.offset_data + last.size // 2
+        keys_first = {m.name.split(".", 1)[0] for m in src.getmembers() if m.isfile()}
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "shard-000000.tar").write_bytes(first.read_bytes()[:cut_at])
+    with tarfile.open(second) as src, tarfile.open(damaged / "shard-000001.tar", "w") as dst:
+        members = [m for m in src.getmembers() if m.isfile()]
+        garbage_key = members[0].name.split(".", 1)[0]
+        for m in members:
+            data = b"not a png" * 50 if m.name == f"{garbage_key}.blur.png" else src.extractfile(m).read()
+            m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    keys_second = {m.name.split(".", 1)[0] for m in members}
+    pairs = _pairs(training_dataset(shards=str(damaged)))
+    assert len(pairs) == (len(keys_first) - 1) + (len(keys_second) - 1) >= 2

@@ -3,12 +3,14 @@
 ``ray.data.read_datasource(PairShards(tars, filesystem=fs))`` gives rows ``{"__key__", SHARP, BLUR}``
 (PNG bytes), read in parallel over the cluster and streamed through ``shard_format.iter_samples``:
 the same member grouping as ``eval`` and ``synth --resume``. A sample missing one of its images is
-skipped with a warning naming the shard and the key, instead of failing the training job.
+skipped with a warning naming the shard and the key, and a damaged tar (a bad header, cut short) gives
+the samples before the damage and a warning naming the shard, instead of failing the training job.
 """
 
 from __future__ import annotations
 
 import logging
+import tarfile
 from collections.abc import Iterator
 
 from ray.data.datasource import FileBasedDatasource
@@ -26,15 +28,20 @@ class PairShards(FileBasedDatasource):
     def _read_stream(self, stream, path: str) -> Iterator:
         import pandas as pd
 
-        rows = []
-        for sample in iter_samples(stream):
-            missing = [m for m in (SHARP, BLUR) if m not in sample.members]
-            if missing:
-                logger.warning("data.shards: skipping sample %s of %s: no %s", sample.key, path, " or ".join(missing))
-                continue
-            rows.append({"__key__": sample.key, SHARP: sample.members[SHARP], BLUR: sample.members[BLUR]})
-            if len(rows) >= ROWS_PER_BLOCK:
-                yield pd.DataFrame.from_records(rows)
-                rows = []
+        rows, read = [], 0
+        try:
+            for sample in iter_samples(stream):
+                read += 1
+                missing = [m for m in (SHARP, BLUR) if m not in sample.members]
+                if missing:
+                    logger.warning("data.shards: skipping sample %s of %s: no %s", sample.key, path,
+                                   " or ".join(missing))
+                    continue
+                rows.append({"__key__": sample.key, SHARP: sample.members[SHARP], BLUR: sample.members[BLUR]})
+                if len(rows) >= ROWS_PER_BLOCK:
+                    yield pd.DataFrame.from_records(rows)
+                    rows = []
+        except tarfile.TarError as exc:  # the tar is damaged here: keep the samples before it
+            logger.warning("data.shards: skipping the rest of %s after %d sample(s): damaged tar (%s)", path, read, exc)
         if rows:
             yield pd.DataFrame.from_records(rows)

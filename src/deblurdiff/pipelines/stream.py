@@ -128,7 +128,8 @@ def _from_shards(paths: list[str], *, crop, seed, filesystem, num_cpus):
 
 
 class _DecodePairs:
-    """WebDataset rows (PNG bytes) -> float pairs, optionally cropped to ``crop`` at a seeded spot."""
+    """WebDataset rows (PNG bytes) -> float pairs, optionally cropped to ``crop`` at a seeded spot.
+    A pair whose PNGs do not decode is skipped with a warning naming its key."""
 
     def __init__(self, crop: int | None, seed: int):
         self.crop, self.seed = crop, seed
@@ -136,7 +137,11 @@ class _DecodePairs:
     def __call__(self, batch: dict) -> dict:
         sharp, blurry = [], []
         for key, s_png, b_png in zip(batch["__key__"], batch[SHARP], batch[BLUR]):
-            s, b = decode_rgb(bytes(s_png)), decode_rgb(bytes(b_png))  # (H, W, 3) uint8
+            try:
+                s, b = decode_rgb(bytes(s_png)), decode_rgb(bytes(b_png))  # (H, W, 3) uint8
+            except ImageDecodeError as exc:
+                logger.warning("data.shards: skipping sample %s: %s", key, exc)
+                continue
             if self.crop is not None:
                 h, w = s.shape[:2]
                 if h < self.crop or w < self.crop:
@@ -147,6 +152,9 @@ class _DecodePairs:
                 b = b[top : top + self.crop, left : left + self.crop]
             sharp.append(s)
             blurry.append(b)
+        if not sharp:  # every pair of the batch skipped: an empty batch of the same layout
+            side = self.crop or 0
+            return {"sharp": np.zeros((0, 3, side, side), np.float32), "blurry": np.zeros((0, 3, side, side), np.float32)}
         return {"sharp": _chw_float(sharp), "blurry": _chw_float(blurry)}
 
 
