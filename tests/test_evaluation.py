@@ -67,6 +67,31 @@ def test_shards_are_read(tmp_path):
     assert [i.reason for i in items if hasattr(i, "reason")] == ["no blur image for this key"]
 
 
+def test_a_damaged_shard_loses_only_what_follows_the_damage(tmp_path):
+    """A shard cut short in its last sample (a copy interrupted) and a .tar that is no tar at all: every
+    intact pair is read, and each damaged shard is reported once instead of ending the evaluation."""
+    import tarfile
+
+    import webdataset as wds
+
+    whole = tmp_path / "whole.tar"
+    with wds.TarWriter(str(whole)) as sink:
+        for name in ("astronaut", "coffee", "chelsea"):
+            sharp = _photo(name)
+            sink.write({"__key__": name, "sharp.png": _png(sharp), "blur.png": _png(sharp.filter(ImageFilter.BoxBlur(2)))})
+    with tarfile.open(whole) as tar:
+        last = tar.getmembers()[-1]  # chelsea's last image
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "shard-000000.tar").write_bytes(whole.read_bytes()[: last.offset_data + last.size // 2])
+    (data / "shard-000001.tar").write_bytes(b"\x17" * 3000)
+    items = list(iter_pairs(data))
+    assert [i.key for i in items if hasattr(i, "sharp")] == ["shard-000000.tar/astronaut", "shard-000000.tar/coffee"]
+    skipped = {i.key: i.reason for i in items if hasattr(i, "reason")}
+    assert set(skipped) == {"shard-000000.tar", "shard-000001.tar"}
+    assert "after 2 sample(s): damaged tar" in skipped["shard-000000.tar"]
+
+
 def test_evaluate_writes_summary_csv_and_sheet(tiny_pipe, folder_pairs, tmp_path):
     out = tmp_path / "eval" / "summary.json"
     summary = evaluate(tiny_pipe, folder_pairs, out, steps=STEPS, progress=False)

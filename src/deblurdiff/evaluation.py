@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -77,9 +78,14 @@ def _decode_pair(key: str, blur_bytes: bytes | None, sharp_bytes: bytes | None) 
 def _iter_shards(shards: list[Path]) -> Iterator[Pair | Skipped]:
     # Raw bytes: decoding goes through deblurdiff.imageio like everywhere else.
     for shard in shards:
-        with open(shard, "rb") as f:
-            for sample in iter_samples(f):
-                yield _decode_pair(f"{shard.name}/{sample.key}", sample.members.get(BLUR), sample.members.get(SHARP))
+        read = 0
+        try:
+            with open(shard, "rb") as f:
+                for sample in iter_samples(f):
+                    read += 1
+                    yield _decode_pair(f"{shard.name}/{sample.key}", sample.members.get(BLUR), sample.members.get(SHARP))
+        except (tarfile.TarError, OSError) as exc:  # damaged or unreadable: its pairs before the damage count
+            yield Skipped(shard.name, f"the rest of this shard, after {read} sample(s): damaged tar ({exc})")
 
 
 def _iter_folders(root: Path) -> Iterator[Pair | Skipped]:
