@@ -67,6 +67,7 @@ def test_shards_are_read(tmp_path):
     assert [i.reason for i in items if hasattr(i, "reason")] == ["no blur image for this key"]
 
 
+@pytest.mark.faults
 def test_a_damaged_shard_loses_only_what_follows_the_damage(tmp_path):
     """A shard cut short in its last sample (a copy interrupted) and a .tar that is no tar at all: every
     intact pair is read, and each damaged shard is reported once instead of ending the evaluation."""

@@ -147,6 +147,34 @@ def test_resume_rebuilds_only_missing_shards(runs, messy_corpus, tmp_path):
     assert resumed["last_run"]["shards_written"] == 1 and resumed["status"] == "complete"
 
 
+@pytest.mark.faults
+def test_resume_builds_again_a_shard_damaged_since_it_was_written(runs, messy_corpus, tmp_path, caplog):
+    """Shards cut short after the run (a copy interrupted, a full disk): one the manifest lists (its size is
+    not the recorded one), one it does not list yet (its headers do not read). --resume builds both again,
+    byte-identical, and keeps the others untouched."""
+    from deblurdiff.pipelines import run_synth
+
+    original, _ = runs["w1"]
+    out = tmp_path / "resumed"
+    shutil.copytree(original, out)
+    for name in ("shard-000001.tar", "shard-000003.tar"):
+        whole = (out / name).read_bytes()
+        (out / name).write_bytes(whole[: len(whole) // 2])
+    m = _manifest(out)
+    assert all(s["bytes"] == (original / s["name"]).stat().st_size for s in m["shards"])
+    m["shards"] = [s for s in m["shards"] if s["name"] != "shard-000003.tar"]
+    (out / "manifest.json").write_text(json.dumps(m))
+
+    with caplog.at_level("WARNING", logger="deblurdiff.pipelines.synth"):
+        summary = run_synth([str(messy_corpus.root)], str(out), workers=1, resume=True, **SETTINGS)
+    assert "shard-000001.tar is" in caplog.text and "shard-000003.tar is damaged" in caplog.text
+    assert summary.shards_written == 2
+    for p in original.glob("shard-*.tar"):
+        assert (out / p.name).read_bytes() == p.read_bytes()
+    listed = lambda m: [(s["name"], s["samples"], s["bytes"]) for s in m["shards"]]  # noqa: E731
+    assert listed(_manifest(out)) == listed(_manifest(original))
+
+
 @pytest.mark.parametrize("damage", ["{\"shards\": [{\"name\": 3}]", "[1, 2]", "{\"shards\": \"all\"}"])
 def test_resume_over_a_torn_or_foreign_manifest_keeps_the_shards(runs, messy_corpus, tmp_path, caplog, damage):
     """A manifest.json that is cut short, or JSON that is not a synth manifest: --resume warns, keeps every

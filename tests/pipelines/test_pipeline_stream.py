@@ -180,6 +180,7 @@ def test_a_sample_missing_an_image_is_skipped_not_fatal(shards, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.faults
 def test_a_damaged_shard_and_an_undecodable_png_lose_only_their_own_pairs(shards, tmp_path):
     """One shard cut short in its last sample (a copy interrupted), one whose first sample's blur.png is
     garbage bytes: the training stream reads every intact pair and the job goes on."""

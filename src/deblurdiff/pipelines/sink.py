@@ -40,6 +40,7 @@ class ShardWriter:
         # "w|": stream mode, only needs write(); PAX keeps long keys intact.
         self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)
         self.samples = 0
+        self.bytes: int | None = None  # the shard's size, once committed
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
         for suffix in sorted(members):  # fixed member order: blur.png, kernel.npy, meta.json, sharp.png
@@ -53,6 +54,7 @@ class ShardWriter:
 
     def commit(self) -> None:
         self._tar.close()
+        self.bytes = self._stream.tell()
         self._stream.close()
         self.fs.move(self.tmp, self.path)
 
@@ -97,6 +99,9 @@ class OutputDir:
     def shards(self) -> list[str]:
         """Final-named shards present (each complete, by construction)."""
         return [n for n in self.listdir() if SHARD_RE.match(n)]
+
+    def shard_bytes(self, shard: str) -> int:
+        return self.fs.get_file_info(self.join(shard)).size
 
     def has_run(self) -> bool:
         """Does it already hold (part of) a synth run?"""

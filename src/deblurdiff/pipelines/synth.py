@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tarfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,7 @@ class ShardRecord:
     samples: int
     skipped: list[Skipped] = field(default_factory=list)  # sources of this shard that gave no sample
     node: str | None = None  # the Ray node id that built it (None: not known, e.g. recovered on resume)
+    bytes: int | None = None  # the shard file's size: --resume builds again a shard whose size changed
     # Only for shards built by this run: per-stage seconds ({stage: s}) and the build's wall-clock span.
     wall_s: dict[str, float] | None = None
     cpu_s: dict[str, float] | None = None
@@ -74,6 +76,7 @@ class _ManifestShard(BaseModel):
     name: str
     samples: int = Field(ge=0)
     node: str | None = None
+    bytes: int | None = Field(None, ge=0)  # None: written by a version that did not record it
 
 
 class _ManifestSkipped(BaseModel):
@@ -146,7 +149,7 @@ class ShardBuilder:
             record = ShardRecord(plan.name, writer.samples, skipped,
                                  node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
                                  wall_s=timings.wall, cpu_s=timings.cpu, started_at=started_at,
-                                 finished_at=time.time())
+                                 finished_at=time.time(), bytes=writer.bytes)
         except BaseException:
             writer.abort()
             raise
@@ -383,7 +386,8 @@ def run_synth(inputs: list[str], output: str, *, recipe="realistic", crop: int =
 def _kept_records(job: SynthJob, previous: EarlierManifest) -> dict[str, ShardRecord]:
     """Records of the planned shards already in OUTPUT (final names are complete by construction):
     from the previous manifest, or, for shards it missed (a crash between rename and manifest
-    update), from the shard's own keys."""
+    update), from the shard's own keys. A shard damaged since (its size is not the one recorded, or
+    its headers do not read) gets no record: it is built again."""
     present = set(job.output.shards())
     known = {s.name: s for s in previous.shards}
     skipped_in: dict[str, list[Skipped]] = {}
@@ -394,15 +398,24 @@ def _kept_records(job: SynthJob, previous: EarlierManifest) -> dict[str, ShardRe
     for plan in job.plans:
         if plan.name not in present:
             continue
+        size = job.output.shard_bytes(plan.name)
         if plan.name in known:
+            recorded = known[plan.name].bytes
+            if recorded is not None and recorded != size:
+                logger.warning("--resume: %s is %d bytes, %d when it was written: building it again",
+                               plan.name, size, recorded)
+                continue
             records[plan.name] = ShardRecord(plan.name, known[plan.name].samples, skipped_in.get(plan.name, []),
-                                             node=known[plan.name].node)
-        else:
-            records[plan.name] = _recover_record(job, plan)
+                                             node=known[plan.name].node, bytes=size)
+            continue
+        try:
+            records[plan.name] = _recover_record(job, plan, size)
+        except tarfile.TarError as exc:
+            logger.warning("--resume: %s is damaged (%s): building it again", plan.name, exc)
     return records
 
 
-def _recover_record(job: SynthJob, plan: ShardPlan) -> ShardRecord:
+def _recover_record(job: SynthJob, plan: ShardPlan, size: int) -> ShardRecord:
     """Count a shard's samples from its headers; sources with no sample there were skipped: decode
     them again (a few, on the driver) to recover the reason."""
     keys = job.output.shard_keys(plan.name)
@@ -416,7 +429,7 @@ def _recover_record(job: SynthJob, plan: ShardPlan) -> ShardRecord:
             except ImageDecodeError as exc:
                 reason = str(exc)
             skipped.append(Skipped(source.uri, reason))
-    return ShardRecord(plan.name, len(keys), skipped)
+    return ShardRecord(plan.name, len(keys), skipped, bytes=size)
 
 
 # ----------------------------------------------------------------------------- building and reporting
@@ -473,8 +486,8 @@ class _Manifest:
 
     def to_dict(self, status: str, summary: SynthSummary | None = None) -> dict:
         settings = self.job.settings
-        shards = [{"name": p.name, "samples": self.records[p.name].samples, "node": self.records[p.name].node}
-                  for p in self.job.plans if p.name in self.records]
+        shards = [{"name": p.name, "samples": self.records[p.name].samples, "node": self.records[p.name].node,
+                   "bytes": self.records[p.name].bytes} for p in self.job.plans if p.name in self.records]
         skipped = self._skipped()
         manifest = {
             "format": MANIFEST_FORMAT,
