@@ -79,7 +79,8 @@ def test_a_damaged_shard_loses_only_what_follows_the_damage(tmp_path):
     with wds.TarWriter(str(whole)) as sink:
         for name in ("astronaut", "coffee", "chelsea"):
             sharp = _photo(name)
-            sink.write({"__key__": name, "sharp.png": _png(sharp), "blur.png": _png(sharp.filter(ImageFilter.BoxBlur(2)))})
+            blurred = sharp.filter(ImageFilter.BoxBlur(2))
+            sink.write({"__key__": name, "sharp.png": _png(sharp), "blur.png": _png(blurred)})
     with tarfile.open(whole) as tar:
         last = tar.getmembers()[-1]  # chelsea's last image
     data = tmp_path / "data"

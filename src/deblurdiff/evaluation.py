@@ -83,9 +83,11 @@ def _iter_shards(shards: list[Path]) -> Iterator[Pair | Skipped]:
             with open(shard, "rb") as f:
                 for sample in iter_samples(f):
                     read += 1
-                    yield _decode_pair(f"{shard.name}/{sample.key}", sample.members.get(BLUR), sample.members.get(SHARP))
-        except (tarfile.TarError, OSError) as exc:  # damaged or unreadable: its pairs before the damage count
-            yield Skipped(shard.name, f"the rest of this shard, after {read} sample(s): damaged tar ({exc})")
+                    yield _decode_pair(f"{shard.name}/{sample.key}", sample.members.get(BLUR),
+                                       sample.members.get(SHARP))
+        except (tarfile.TarError, OSError) as exc:  # its pairs before the damage still count
+            reason = f"damaged tar ({exc})" if isinstance(exc, tarfile.TarError) else f"unreadable ({exc})"
+            yield Skipped(shard.name, f"the rest of this shard, after {read} sample(s): {reason}")
 
 
 def _iter_folders(root: Path) -> Iterator[Pair | Skipped]:

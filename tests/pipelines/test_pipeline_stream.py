@@ -207,3 +207,14 @@ def test_a_damaged_shard_and_an_undecodable_png_lose_only_their_own_pairs(shards
     keys_second = {m.name.split(".", 1)[0] for m in members}
     pairs = _pairs(training_dataset(shards=str(damaged)))
     assert len(pairs) == (len(keys_first) - 1) + (len(keys_second) - 1) >= 2
+
+
+def test_a_batch_whose_every_pair_is_undecodable_becomes_an_empty_batch_of_the_same_layout():
+    from deblurdiff.pipelines.shard_format import BLUR, SHARP
+    from deblurdiff.pipelines.stream import _DecodePairs
+
+    batch = {"__key__": np.array(["a", "b"], dtype=object), SHARP: np.array([b"x" * 20, b"y"], dtype=object),
+             BLUR: np.array([b"z", b"not a png"], dtype=object)}
+    out = _DecodePairs(crop=CROP, seed=0)(batch)
+    assert out["sharp"].shape == out["blurry"].shape == (0, 3, CROP, CROP)
+    assert out["sharp"].dtype == out["blurry"].dtype == np.float32

@@ -153,8 +153,8 @@ class _DecodePairs:
             sharp.append(s)
             blurry.append(b)
         if not sharp:  # every pair of the batch skipped: an empty batch of the same layout
-            side = self.crop or 0
-            return {"sharp": np.zeros((0, 3, side, side), np.float32), "blurry": np.zeros((0, 3, side, side), np.float32)}
+            empty = np.zeros((0, 3, self.crop or 0, self.crop or 0), np.float32)
+            return {"sharp": empty, "blurry": empty.copy()}
         return {"sharp": _chw_float(sharp), "blurry": _chw_float(blurry)}
 
 
