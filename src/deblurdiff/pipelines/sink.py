@@ -89,19 +89,20 @@ class OutputDir:
         if self._type(self.path) == pafs.FileType.File:
             raise UsageError(f"--output {self.uri}: is a file, expected a directory")
 
-    def listdir(self) -> list[str]:
+    def _listing(self) -> dict[str, int | None]:
+        """{name: size in bytes (None for a folder)} of what the directory holds, in one listing."""
         import pyarrow.fs as pafs
 
         if self._type(self.path) != pafs.FileType.Directory:
-            return []
-        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(pafs.FileSelector(self.path)))
+            return {}
+        return {posixpath.basename(i.path): i.size for i in self.fs.get_file_info(pafs.FileSelector(self.path))}
 
-    def shards(self) -> list[str]:
-        """Final-named shards present (each complete, by construction)."""
-        return [n for n in self.listdir() if SHARD_RE.match(n)]
+    def listdir(self) -> list[str]:
+        return sorted(self._listing())
 
-    def shard_bytes(self, shard: str) -> int:
-        return self.fs.get_file_info(self.join(shard)).size
+    def shard_sizes(self) -> dict[str, int]:
+        """{name: bytes} of the final-named shards present (each complete when written, by construction)."""
+        return {n: size for n, size in sorted(self._listing().items()) if SHARD_RE.match(n)}
 
     def has_run(self) -> bool:
         """Does it already hold (part of) a synth run?"""

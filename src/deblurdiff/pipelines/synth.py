@@ -388,7 +388,7 @@ def _kept_records(job: SynthJob, previous: EarlierManifest) -> dict[str, ShardRe
     from the previous manifest, or, for shards it missed (a crash between rename and manifest
     update), from the shard's own keys. A shard damaged since (its size is not the one recorded, or
     its headers do not read) gets no record: it is built again."""
-    present = set(job.output.shards())
+    present = job.output.shard_sizes()
     known = {s.name: s for s in previous.shards}
     skipped_in: dict[str, list[Skipped]] = {}
     for item in previous.skipped:
@@ -398,7 +398,7 @@ def _kept_records(job: SynthJob, previous: EarlierManifest) -> dict[str, ShardRe
     for plan in job.plans:
         if plan.name not in present:
             continue
-        size = job.output.shard_bytes(plan.name)
+        size = present[plan.name]
         if plan.name in known:
             recorded = known[plan.name].bytes
             if recorded is not None and recorded != size:
