@@ -35,18 +35,21 @@ import importlib  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from pipeline import make_corpus  # noqa: E402  (benchmarks/pipeline.py, beside this script)
 
-# stage -> the functions that implement it, as (module, attribute) where the caller looks them up
+# stage -> the functions that implement it, as (module, attribute) where the caller looks them up. The
+# synthesis module is blur_synthesis.synthesis; older checkouts (before 2026-12-07) call it .synthesize.
+_SYNTHESIS = ("deblurdiff.blur_synthesis.synthesis", "deblurdiff.blur_synthesis.synthesize")
 STAGES = {
     "decode": [("deblurdiff.pipelines.stages", "decode_rgb")],
-    "PSF draw": [("deblurdiff.blur_synthesis.synthesize", "draw_params"), ("deblurdiff.blur_synthesis.synthesize", "build_kernels")],
-    "blur": [("deblurdiff.blur_synthesis.synthesize", "build_masks"), ("deblurdiff.blur_synthesis.synthesize", "fft_blur")],
+    "PSF draw": [(m, n) for m in _SYNTHESIS for n in ("draw_params", "build_kernels")],
+    "blur": [(m, n) for m in _SYNTHESIS for n in ("build_masks", "fft_blur")],
     "sensor": [("deblurdiff.blur_synthesis.formation", n) for n in
                ("to_linear", "from_linear", "boost_highlights", "mosaic", "demosaic", "poisson_gaussian_noise")]
-              + [("deblurdiff.blur_synthesis.synthesize", "noise_field")],
+              + [(m, "noise_field") for m in _SYNTHESIS],
     "JPEG stage": [("deblurdiff.blur_synthesis.formation", "jpeg")],
     "PNG encode": [("deblurdiff.pipelines.shard_format", "encode_png"), ("deblurdiff.pipelines.shard_format", "encode_image")],
     "npy/json/tar": [("deblurdiff.pipelines.shard_format", "_npy_bytes"), ("deblurdiff.pipelines.shard_format", "json"),
@@ -78,12 +81,12 @@ class StageClock:
 
 
 def _resolve(path: str):
-    """'pkg.mod' -> module; 'pkg.mod.Class' -> the class."""
+    """'pkg.mod' -> module; 'pkg.mod.Class' -> the class; None when this version of the code has neither."""
     try:
         return importlib.import_module(path)
     except ModuleNotFoundError:
         mod, _, cls = path.rpartition(".")
-        return getattr(importlib.import_module(mod), cls)
+        return getattr(importlib.import_module(mod), cls, None)
 
 
 def instrument(clock: StageClock) -> None:
@@ -92,7 +95,7 @@ def instrument(clock: StageClock) -> None:
     for stage, targets in STAGES.items():
         for owner_path, name in targets:
             owner = _resolve(owner_path)
-            if not hasattr(owner, name):
+            if owner is None or isinstance(owner, types.FunctionType) or not hasattr(owner, name):
                 continue  # not in this version of the code
             if name == "json":  # the module object: time its dumps
                 owner.json = type("timed_json", (), {"dumps": staticmethod(clock.wrap(stage, json.dumps))})

@@ -168,7 +168,7 @@ def _no_jpeg(name: str = "realistic", **stage_probs):
 def test_batched_path_same_draws_and_psfs_pixels_to_rounding(photos):
     """The batched (GPU) path, run on CPU: same parameters and PSFs as one sample at a time, pixels equal
     to float rounding (PSFs zero-padded to the batch's largest change the FFT size, not the result)."""
-    from deblurdiff.blur_synthesis.synthesize import signature
+    from deblurdiff.blur_synthesis.synthesis import signature
 
     seeds = list(range(40, 48))
     sharp = photos[..., :96, :96].repeat(2, 1, 1, 1)  # (8, 3, 96, 96)
@@ -191,7 +191,7 @@ def test_batched_path_same_draws_and_psfs_pixels_to_rounding(photos):
 def test_degrade_refuses_a_batch_with_mixed_choices(photos):
     from deblurdiff.blur_synthesis import build_kernels, degrade, sample_params
 
-    from deblurdiff.blur_synthesis.synthesize import signature
+    from deblurdiff.blur_synthesis.synthesis import signature
 
     recipe = load_recipe("realistic")
     drawn = ((p, build_kernels(p)) for p in (sample_params(recipe, s) for s in range(100)))
@@ -199,3 +199,34 @@ def test_degrade_refuses_a_batch_with_mixed_choices(photos):
     other = next(d for d in drawn if signature(*d) != signature(*first))  # another on/off choice
     with pytest.raises(ValueError, match="one signature"):
         degrade(photos[:2], [first[0], other[0]], [first[1], other[1]])
+
+
+def test_planning_a_synth_run_does_not_import_torch(tmp_path):
+    """The synth driver only reads recipes and lists files: torch and kornia (~2 s of a command's start-up)
+    load in the actors, not in the driver. A fresh interpreter, as `deblurdiff synth` starts."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.new("RGB", (96, 80), (90, 120, 30)).save(tmp_path / "photo.png")
+    script = ("import sys; from deblurdiff.pipelines.synth import plan_synth; "
+              f"job = plan_synth([{str(tmp_path)!r}], {str(tmp_path / 'out')!r}, recipe='realistic', crop=64); "
+              "print(len(job.plans), sorted(m for m in ('torch', 'kornia') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "[]"]
+
+
+def test_the_public_names_stay_the_functions_after_a_submodule_is_imported():
+    import importlib
+
+    import deblurdiff.blur_synthesis as package
+
+    importlib.import_module("deblurdiff.blur_synthesis.synthesis")  # binds package.synthesis, not .synthesize
+    from deblurdiff.blur_synthesis import synthesize as again
+
+    assert again is synthesize and callable(again)
+    assert set(package.__all__) <= set(dir(package))
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        package.nonexistent  # noqa: B018

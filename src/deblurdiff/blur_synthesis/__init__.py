@@ -14,22 +14,28 @@ Convolution convention: true convolution about the PSF's centre pixel
 (``scipy.signal.fftconvolve(mode="same")``; ``F.conv2d(x, psf.flip(-2, -1), padding=K // 2)``).
 """
 
-from deblurdiff.blur_synthesis.kernels import build_psf, kernels_to_array, sample_psf
-from deblurdiff.blur_synthesis.recipe import Recipe, RecipeError, builtin_recipes, load_recipe
-from deblurdiff.blur_synthesis.synthesize import SynthesisResult, build_kernels, build_masks, degrade, sample_params, synthesize
+from __future__ import annotations
 
-__all__ = [
-    "synthesize",
-    "load_recipe",
-    "kernels_to_array",
-    "Recipe",
-    "RecipeError",
-    "SynthesisResult",
-    "builtin_recipes",
-    "sample_params",
-    "build_kernels",
-    "build_masks",
-    "degrade",
-    "sample_psf",
-    "build_psf",
-]
+import importlib
+
+# Public name -> the submodule that defines it. Loaded on first use (PEP 562), so a caller that only
+# reads recipes (the synth driver: ``load_recipe``) does not import torch and kornia (~2 s).
+_EXPORTS = {
+    "synthesize": "synthesis", "SynthesisResult": "synthesis", "sample_params": "synthesis",
+    "build_kernels": "synthesis", "build_masks": "synthesis", "degrade": "synthesis",
+    "load_recipe": "recipe", "Recipe": "recipe", "RecipeError": "recipe", "builtin_recipes": "recipe",
+    "kernels_to_array": "kernels", "sample_psf": "kernels", "build_psf": "kernels",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from deblurdiff.blur_synthesis.kernels import kernels_to_array
 from deblurdiff.blur_synthesis.params import SampleParams
-from deblurdiff.blur_synthesis.synthesize import synthesize
+from deblurdiff.blur_synthesis.synthesis import synthesize
 from deblurdiff.files import atomic_write
 from deblurdiff.pixels import to_float, to_uint8
 

@@ -197,7 +197,8 @@ def trajectory_path(seed: int, steps: int, anxiety: float, centripetal: float, g
         v = v / abs(v) * step if v != 0 else cmath.exp(1j * init_angle) * step
         x = x + v
         xs.append(x)
-    return torch.tensor([[z.real, z.imag] for z in xs], dtype=torch.float64)
+    # complex128 viewed as (real, imag) float64 pairs: the same numbers as a list of [x, y], ~10x faster
+    return torch.from_numpy(np.array(xs, dtype=np.complex128).view(np.float64).reshape(-1, 2))
 
 
 def _fit_to_canvas(points: torch.Tensor, extent: float, size: int) -> torch.Tensor:

@@ -204,12 +204,12 @@ def degrade(sharp: torch.Tensor, params, kernels, eps=None, apply_jpeg: bool = T
         fields = [noise_field(q, h, w) for q in ps] if eps is None else ([eps] if one else list(eps))
         x = fm.poisson_gaussian_noise(x, each(lambda q: q.noise.shot), each(lambda q: q.noise.read),
                                       torch.stack(fields).to(x.device, non_blocking=True))
-    x = x.clamp(0, 1)
+    x = x.clamp_(0, 1)  # in place: from here on x is always a fresh tensor of this function's (fft_blur's)
     if bayer.applied:
-        x = fm.demosaic(x, bayer.cfa).clamp(0, 1)
+        x = fm.demosaic(x, bayer.cfa).clamp_(0, 1)
     # 5. back to display values, then the camera's JPEG
     if ll.applied:
-        x = fm.from_linear(x, ll.curve, each(lambda q: q.linear_light.gamma)).clamp(0, 1)
+        x = fm.from_linear(x, ll.curve, each(lambda q: q.linear_light.gamma)).clamp_(0, 1)
     coded = [i for i, q in enumerate(ps) if q.jpeg.applied]  # quality and on/off are per sample
     if apply_jpeg and coded:
         decoded = fm.jpeg(x[coded], [ps[i].jpeg.quality for i in coded])
@@ -287,6 +287,7 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
     coded = [i for i, (p, _, _) in enumerate(prepared) if p.jpeg.applied]
     for i, x in zip(coded, _map(lambda i: fm.jpeg(blurry[i], [prepared[i][0].jpeg.quality]), coded)):
         blurry[i] = x
-    out = torch.cat(blurry) if blurry else sharp.clone()
+    # one sample (the synth actor's and the training stream's call): its own tensor, no copy
+    out = (blurry[0] if len(blurry) == 1 else torch.cat(blurry)) if blurry else sharp.clone()
     return SynthesisResult(blurry=out, kernels=[k for _, k, _ in prepared], params=[p.to_dict() for p, _, _ in prepared],
                            recipe=recipe)
