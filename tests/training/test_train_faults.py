@@ -110,3 +110,18 @@ def test_no_intact_checkpoint_exits_2_with_one_line(run):
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.strip().splitlines() if "WARNING" not in line]
     assert len(lines) == 1 and "no intact checkpoint" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_training_shards_that_are_all_damaged_exit_2_with_one_line_naming_data_shards(pair_shards, tmp_path):
+    """Streamed (data.cache=false) training shards that hold no readable pair: the workers find out, not the
+    driver. Bad input, not a fault: exit 2 and the data line, not exit 1 and "run it again"."""
+    _, held_out = pair_shards
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "shard-000000.tar").write_bytes(bytes(range(1, 256)) * 40)  # not a tar: no header reads
+    proc = run_train(tiny_args(tmp_path / "run", damaged, held_out, "train.max_steps=2", "data.cache=false",
+                               "wandb.mode=disabled", "failure.max_failures=0"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"deblurdiff train: error: data.shards {damaged}:"), last
+    assert "fewer than one micro-batch" in last and "lower train.batch_size" in last

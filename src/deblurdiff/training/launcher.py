@@ -325,6 +325,9 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
                                 resources=r, held_out=held_out, result=result, error=error)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     if error is not None:
+        bad_input = _usage_error(error)
+        if bad_input is not None:  # every attempt would fail the same way: say what to change (exit 2)
+            raise UsageError(str(bad_input)) from error
         raise TrainingFailed(_failure_line(error, summary["last_step"], cfg, run_dir)) from error
     m = summary["last_metrics"]
     print(f"deblurdiff train: step {summary['final_step']}/{cfg.train.max_steps} in {summary['wall_s']:.0f} s, "
@@ -338,7 +341,27 @@ class TrainingFailed(RuntimeError):
     """The run stopped (a worker died, an error in the loop); the message says where and what next."""
 
 
+def _worker_errors(exc: Exception) -> list[Exception]:
+    """The workers' own exceptions behind a Ray Train failure (a ``WorkerGroupError``), else ``[exc]``."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    return [failures[rank] for rank in sorted(failures)] or [exc]
+
+
+def _usage_error(exc: Exception) -> UsageError | None:
+    """A worker's UsageError (bad data: no retry or resume can fix it), or None. Ray may deliver it as a
+    RayTaskError that subclasses it, or keep it as the ``cause``."""
+    for error in _worker_errors(exc):
+        for candidate in (error, getattr(error, "cause", None)):
+            if isinstance(candidate, UsageError):
+                return candidate
+    return None
+
+
 def _failure_line(exc: Exception, last_step: int | None, cfg: TrainConfig, run_dir: Path) -> str:
+    # A worker group's message starts with a header line ("Training failed due to worker errors:"); the
+    # first worker's own error says what happened.
+    cause = _worker_errors(exc)[0]
+    exc = getattr(cause, "cause", None) or cause
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     kept = existing_checkpoints(run_dir)
     if last_step is None:
