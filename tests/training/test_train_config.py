@@ -185,3 +185,22 @@ def test_finetune_config_starts_from_a_pipeline_directory(tmp_path):
     assert load("tiny.yaml", f"model.init_from={model_dir}").model.init_from == str(model_dir)
     with pytest.raises(UsageError, match=r"remove model\.preset"):
         load("tiny.yaml", f"model.init_from={model_dir}", "model.preset=sd21")
+
+
+def test_a_failed_fit_reports_the_first_workers_own_error_and_a_workers_usage_error_as_is(tmp_path):
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from deblurdiff.training.launcher import TrainingFailed, _stopped
+
+    cfg = load("tiny.yaml")
+    crash = WorkerGroupError("rank 0 and 1 failed", {1: RuntimeError("second"), 0: ValueError("disk full\nmore")})
+    stopped = _stopped(crash, 3, cfg, tmp_path)
+    assert isinstance(stopped, TrainingFailed)
+    assert "after step 3" in str(stopped) and "(ValueError: disk full)" in str(stopped) and "run it again" in str(stopped)
+
+    # Bad data found by a worker, as Ray delivers it (a RayTaskError standing in for the UsageError).
+    bad = UsageError("data.shards pairs/: rank 1's share holds fewer than one micro-batch")
+    wrapped = RayTaskError("train_fn", "Traceback ...", bad).as_instanceof_cause()
+    stopped = _stopped(WorkerGroupError("failed", {0: RuntimeError("collateral"), 1: wrapped}), None, cfg, tmp_path)
+    assert type(stopped) is UsageError and str(stopped) == str(bad)

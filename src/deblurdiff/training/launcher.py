@@ -325,10 +325,7 @@ def launch(cfg: TrainConfig, *, resume: bool = False, address: str | None = None
                                 resources=r, held_out=held_out, result=result, error=error)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     if error is not None:
-        bad_input = _usage_error(error)
-        if bad_input is not None:  # every attempt would fail the same way: say what to change (exit 2)
-            raise UsageError(str(bad_input)) from error
-        raise TrainingFailed(_failure_line(error, summary["last_step"], cfg, run_dir)) from error
+        raise _stopped(error, summary["last_step"], cfg, run_dir) from error
     m = summary["last_metrics"]
     print(f"deblurdiff train: step {summary['final_step']}/{cfg.train.max_steps} in {summary['wall_s']:.0f} s, "
           f"{summary['restarts']} restart(s), {len(summary['checkpoints'])} checkpoint(s); "
@@ -341,6 +338,14 @@ class TrainingFailed(RuntimeError):
     """The run stopped (a worker died, an error in the loop); the message says where and what next."""
 
 
+def _stopped(error: Exception, last_step: int | None, cfg: TrainConfig, run_dir: Path) -> Exception:
+    """What the CLI reports for a failed fit: a worker's UsageError as it is (bad data: every attempt fails
+    the same way, exit 2), else TrainingFailed saying where it stopped and what next (exit 1)."""
+    bad_input = _usage_error(error)
+    return UsageError(str(bad_input)) if bad_input is not None else \
+        TrainingFailed(_failure_line(error, last_step, cfg, run_dir))
+
+
 def _worker_errors(exc: Exception) -> list[Exception]:
     """The workers' own exceptions behind a Ray Train failure (a ``WorkerGroupError``), else ``[exc]``."""
     failures = getattr(exc, "worker_failures", None) or {}
@@ -348,10 +353,10 @@ def _worker_errors(exc: Exception) -> list[Exception]:
 
 
 def _usage_error(exc: Exception) -> UsageError | None:
-    """A worker's UsageError (bad data: no retry or resume can fix it), or None. Ray may deliver it as a
-    RayTaskError that subclasses it, or keep it as the ``cause``."""
+    """A worker's UsageError (bad data: no retry or resume can fix it), or None. Ray may deliver it as is,
+    or as a RayTaskError that subclasses it (whose text is Ray's traceback header): then its ``cause``."""
     for error in _worker_errors(exc):
-        for candidate in (error, getattr(error, "cause", None)):
+        for candidate in (getattr(error, "cause", None), error):
             if isinstance(candidate, UsageError):
                 return candidate
     return None
