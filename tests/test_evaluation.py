@@ -113,7 +113,9 @@ def test_evaluate_writes_summary_csv_and_sheet(tiny_pipe, folder_pairs, tmp_path
     # an untrained LKPN is the identity (zero-initialised output conv): ẑ == z_b
     assert summary["lkpn_latent_mse"] == pytest.approx(summary["blurry_latent_mse"], rel=1e-5)
     sheet = Image.open(summary["contact_sheet"])
-    assert sheet.height > 2 * 160  # three rows of blurry / restored / sharp
+    assert sheet.height == 16 + 3 * 160 + 2 * 4  # a caption row, then three rows of blurry / restored / sharp
+    captions = np.asarray(sheet.convert("L"))[:16]
+    assert captions.min() < 100 and (captions < 100).mean() < 0.2  # dark text on white, naming the columns
     assert not list(out.parent.glob(".*"))  # no temporary files left behind
 
 

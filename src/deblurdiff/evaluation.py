@@ -182,22 +182,30 @@ def oracle_linear_filter(sharp: torch.Tensor, blurry: torch.Tensor, k: int) -> t
 
 
 # ---------------------------------------------------------------------------------------- output
+SHEET_COLUMNS = ("blurry", "restored", "sharp")
+
+
 def write_contact_sheet(rows: list[tuple[np.ndarray, ...]], path: Path, height: int = 160) -> None:
-    """One row per pair (blurry / restored / sharp), each image scaled to ``height`` px."""
-    from PIL import Image
+    """One row per pair (blurry / restored / sharp), each image scaled to ``height`` px, under a caption
+    row naming the columns (so a reader of the PNG alone knows which is which)."""
+    from PIL import Image, ImageDraw
 
     def scaled(img: np.ndarray) -> Image.Image:
         h, w = img.shape[:2]
         return Image.fromarray(img).resize((max(1, round(w * height / h)), height), Image.BICUBIC)
 
     tiles = [[scaled(img) for img in row] for row in rows]
-    gap = 4
+    gap, caption = 4, 16
     width = max(sum(t.width for t in row) + gap * (len(row) - 1) for row in tiles)
-    sheet = Image.new("RGB", (width, len(tiles) * (height + gap) - gap), (255, 255, 255))
+    sheet = Image.new("RGB", (width, caption + len(tiles) * (height + gap) - gap), (255, 255, 255))
+    draw, x = ImageDraw.Draw(sheet), 0
+    for label, tile in zip(SHEET_COLUMNS, tiles[0]):
+        draw.text((x + 3, 2), label, fill=(0, 0, 0))
+        x += tile.width + gap
     for r, row in enumerate(tiles):
         x = 0
         for tile in row:
-            sheet.paste(tile, (x, r * (height + gap)))
+            sheet.paste(tile, (x, caption + r * (height + gap)))
             x += tile.width + gap
     atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
