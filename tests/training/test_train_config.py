@@ -197,7 +197,8 @@ def test_a_failed_fit_reports_the_first_workers_own_error_and_a_workers_usage_er
     crash = WorkerGroupError("rank 0 and 1 failed", {1: RuntimeError("second"), 0: ValueError("disk full\nmore")})
     stopped = _stopped(crash, 3, cfg, tmp_path)
     assert isinstance(stopped, TrainingFailed)
-    assert "after step 3" in str(stopped) and "(ValueError: disk full)" in str(stopped) and "run it again" in str(stopped)
+    line = str(stopped)
+    assert "after step 3" in line and "(ValueError: disk full)" in line and "run it again" in line
 
     # Bad data found by a worker, as Ray delivers it (a RayTaskError standing in for the UsageError).
     bad = UsageError("data.shards pairs/: rank 1's share holds fewer than one micro-batch")

@@ -422,7 +422,8 @@ def _micro_batches(shard, micro: int, cfg, state, rank: int):
         if got == 0:  # bad input, not a fault: the launcher turns it into the CLI's one line and exit 2
             from deblurdiff.errors import UsageError
 
-            key, value = ("data.images", cfg.data.images) if cfg.data.images is not None else ("data.shards", cfg.data.shards)
+            key, value = (("data.images", cfg.data.images) if cfg.data.images is not None
+                          else ("data.shards", cfg.data.shards))
             raise UsageError(f"{key} {value}: rank {rank}'s share holds fewer than one micro-batch ({micro} pairs) of "
                              "readable pairs (damaged shards and undecodable pairs are skipped, with a warning each); "
                              "add data or lower train.batch_size")
