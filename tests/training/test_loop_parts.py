@@ -146,7 +146,11 @@ def test_micro_batches_resume_after_what_was_trained_on(tmp_path):
 
 
 def test_micro_batches_name_the_fix_when_a_shard_is_too_small(tmp_path):
-    with pytest.raises(RuntimeError, match="train.batch_size"):
+    from deblurdiff.errors import UsageError
+
+    # bad input (exit 2 through the launcher), naming the data key, the rank and the setting to change
+    why = r"^data.shards \S+: rank 0's share .* fewer than one micro-batch .*train.batch_size"
+    with pytest.raises(UsageError, match=why):
         next(_micro_batches(ListShard(0), 2, _cfg(tmp_path), TrainState(), rank=0))
 
 
