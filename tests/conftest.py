@@ -154,6 +154,14 @@ def _stop_cluster(gcs_port: int) -> None:
         cmd = " ".join(proc.info.get("cmdline") or [])
         if proc.pid != os.getpid() and "ray" in cmd and pattern.search(cmd):
             victims.append(proc)
+    # Their children too: the raylet's agents retitle themselves (`ray::DashboardAgent`, no port on their
+    # command line) and outlived their raylet, idle, after every test session.
+    for proc in list(victims):
+        try:
+            victims += proc.children(recursive=True)
+        except psutil.Error:
+            pass
+    victims = list({proc.pid: proc for proc in victims}.values())
     for proc in victims:
         try:
             proc.terminate()
