@@ -347,26 +347,22 @@ def _stopped(error: Exception, last_step: int | None, cfg: TrainConfig, run_dir:
 
 
 def _worker_errors(exc: Exception) -> list[Exception]:
-    """The workers' own exceptions behind a Ray Train failure (a ``WorkerGroupError``), else ``[exc]``."""
+    """The workers' own exceptions behind a Ray Train failure (a ``WorkerGroupError``), by rank, else ``[exc]``.
+    A RayTaskError stands in for the worker's exception (its text is Ray's traceback header): its ``cause``."""
     failures = getattr(exc, "worker_failures", None) or {}
-    return [failures[rank] for rank in sorted(failures)] or [exc]
+    errors = [failures[rank] for rank in sorted(failures)] or [exc]
+    return [getattr(error, "cause", None) or error for error in errors]
 
 
 def _usage_error(exc: Exception) -> UsageError | None:
-    """A worker's UsageError (bad data: no retry or resume can fix it), or None. Ray may deliver it as is,
-    or as a RayTaskError that subclasses it (whose text is Ray's traceback header): then its ``cause``."""
-    for error in _worker_errors(exc):
-        for candidate in (getattr(error, "cause", None), error):
-            if isinstance(candidate, UsageError):
-                return candidate
-    return None
+    """A worker's UsageError (bad data: no retry or resume can fix it), or None."""
+    return next((error for error in _worker_errors(exc) if isinstance(error, UsageError)), None)
 
 
 def _failure_line(exc: Exception, last_step: int | None, cfg: TrainConfig, run_dir: Path) -> str:
     # A worker group's message starts with a header line ("Training failed due to worker errors:"); the
     # first worker's own error says what happened.
-    cause = _worker_errors(exc)[0]
-    exc = getattr(cause, "cause", None) or cause
+    exc = _worker_errors(exc)[0]
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     kept = existing_checkpoints(run_dir)
     if last_step is None:
