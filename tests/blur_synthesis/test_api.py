@@ -111,8 +111,8 @@ def test_bad_inputs_raise_clear_errors(photos):
         synthesize(photos, "realistic", seeds=[1, 2])
     with pytest.raises(ValueError, match=r"float tensor \(B, 3, H, W\)"):
         synthesize(photos[:, :1], "realistic", seeds=[1, 2, 3, 4])
-    with pytest.raises(ValueError, match=r"float tensor"):
-        synthesize((photos * 255).byte(), "realistic", seeds=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"float tensor .* or uint8, got .*torch.int64"):
+        synthesize((photos * 255).long(), "realistic", seeds=[1, 2, 3, 4])
     with pytest.raises(ValueError, match=r"unknown name"):
         synthesize(photos, "no-such-recipe", seeds=[1, 2, 3, 4])
 
@@ -186,6 +186,23 @@ def test_batched_path_same_draws_and_psfs_pixels_to_rounding(photos):
     full_batch = synthesize(sharp, "realistic", seeds=seeds, batched=True)
     assert full_batch.params == full_one.params
     assert (full_batch.blurry - full_one.blurry).abs().mean() < 0.5 / 255
+
+
+def test_uint8_sharp_gives_the_float_result_quantised_bit_for_bit(photos):
+    # synth and the training stream hand over decoded uint8 crops: same bytes as the float API, rounded
+    from deblurdiff.pixels import to_uint8
+
+    levels = to_uint8(photos)  # (4, 3, 160, 192)
+    seeds = list(range(40, 52))
+    sharp = levels[[i % 4 for i in range(12)]]
+    for batched in (False, True):  # one at a time (CPU default), and one batch per signature (GPU default)
+        ours = synthesize(sharp, "realistic", seeds=seeds, batched=batched)
+        ref = synthesize(sharp.float() / 255, "realistic", seeds=seeds, batched=batched)
+        assert ours.blurry.dtype == torch.uint8 and ours.params == ref.params
+        assert torch.equal(ours.blurry, to_uint8(ref.blurry))
+    drawn = [p for p in ours.params]  # the seeds cover both curves, JPEG on and off, Bayer on and off
+    assert {p["linear_light"]["curve"] for p in drawn if p["linear_light"]["applied"]} == {"srgb", "gamma"}
+    assert {p["jpeg"]["applied"] for p in drawn} == {True, False} and {p["bayer"]["applied"] for p in drawn} == {True, False}
 
 
 def test_degrade_refuses_a_batch_with_mixed_choices(photos):

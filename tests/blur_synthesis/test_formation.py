@@ -126,3 +126,26 @@ def test_jpeg_is_the_real_codec():
     assert np.array_equal((out[0] * 255).round().byte().permute(1, 2, 0).numpy(), ref)
     # lower quality, larger error
     assert (out[0] - x[0]).abs().mean() > (out[1] - x[1]).abs().mean()
+
+
+@pytest.mark.parametrize("curve", ["srgb", "gamma"])
+def test_linear_light_of_uint8_levels_is_the_float_curve_bit_for_bit(curve):
+    # the table form must give exactly to_linear(k / 255): synth's shards keep their bytes
+    levels = torch.randint(0, 256, (3, 3, 24, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    as_float = levels.float() / 255
+    gammas = torch.tensor([1.8, 2.2, 2.6])
+    one = fm.to_linear_levels(levels[:1], curve, 2.37)
+    assert one.dtype == torch.float32 and torch.equal(one, fm.to_linear(as_float[:1], curve, 2.37))
+    batch = fm.to_linear_levels(levels, curve, gammas)  # one table per sample (the batched GPU path)
+    assert torch.equal(batch, fm.to_linear(as_float, curve, gammas))
+    # a channels-last view (how synth hands decoded crops over) reads the same
+    hwc = levels[:1].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(fm.to_linear_levels(hwc, curve, 2.37), one)
+
+
+def test_jpeg_of_uint8_levels_is_the_float_form_quantised():
+    x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    levels = (x * 255).round().to(torch.uint8)
+    out = fm.jpeg(levels, [30, 95])
+    assert out.dtype == torch.uint8 and out.shape == levels.shape
+    assert torch.equal(out, (fm.jpeg(levels.float() / 255, [30, 95]) * 255).round().to(torch.uint8))

@@ -158,6 +158,20 @@ def overfit_run(ray_cluster, pair_shards, tmp_path_factory):
     return out
 
 
+def test_a_line_a_worker_prints_reaches_the_console_on_one_stream(resumed_run):
+    # Ray Train V2's print patch sent every print() of a worker (DeepSpeed's "... built successfully") to
+    # stdout and, through its logger, to stderr as well: the user read each such line twice. (On the test
+    # cluster's two nodes on one machine, both log monitors tail the same files, so a line may also come
+    # twice on one stream here; a real node has one monitor: compared across the streams.)
+    _, proc = resumed_run
+
+    def worker_lines(text):
+        return {line for line in text.splitlines() if "RayTrainWorker pid=" in line and line.split(")", 1)[-1].strip()}
+
+    printed = [line for line in worker_lines(proc.stdout) if "built successfully" in line]
+    assert printed and not worker_lines(proc.stdout) & worker_lines(proc.stderr)
+
+
 def test_loss_falls_when_overfitting_a_few_pairs(overfit_run):
     rows = read_jsonl(overfit_run / "metrics.jsonl")
     # The objective at fixed timesteps and noise on the (training = validation) pairs: before vs after.

@@ -42,6 +42,7 @@ from deblurdiff.blur_synthesis.params import (
     SaturationParams,
 )
 from deblurdiff.blur_synthesis.recipe import Recipe, load_recipe
+from deblurdiff.pixels import to_float, to_uint8
 
 __all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "build_masks", "noise_field", "degrade", "signature"]
 
@@ -50,7 +51,7 @@ __all__ = ["SynthesisResult", "synthesize", "sample_params", "build_kernels", "b
 class SynthesisResult:
     """What ``synthesize`` returns.
 
-    blurry:  (B, 3, H, W) in [0, 1], same dtype and device as ``sharp``.
+    blurry:  (B, 3, H, W) in [0, 1], same dtype and device as ``sharp`` (uint8 sharp: uint8 levels).
     kernels: per sample, an (n_psf, K, K) float32 CPU tensor of the PSF(s) applied (n_psf > 1 for
              spatially varying blur; zero-padded, centred, to the sample's largest PSF).
              ``kernels_to_array(result.kernels[i])`` gives the ``kernel.npy`` array.
@@ -164,7 +165,10 @@ def signature(params: SampleParams | dict, kernels: torch.Tensor) -> tuple:
 
 
 def degrade(sharp: torch.Tensor, params, kernels, eps=None, apply_jpeg: bool = True) -> torch.Tensor:
-    """Apply drawn degradations: sharp (B, 3, H, W) in [0, 1] -> blurry (B, 3, H, W).
+    """Apply drawn degradations: sharp (B, 3, H, W) in [0, 1] -> blurry (B, 3, H, W), float.
+
+    ``sharp`` may also be uint8 levels (read as ``k / 255``, the same numbers as ``to_float(sharp)``): their
+    linear light is then looked up in a 256-entry table instead of computed per pixel.
 
     One sample (B = 1): ``params`` its record, ``kernels`` from ``build_kernels(params)``, ``eps`` from
     ``noise_field`` (drawn here when None). A batch: lists of B of each, all with one ``signature``
@@ -182,12 +186,16 @@ def degrade(sharp: torch.Tensor, params, kernels, eps=None, apply_jpeg: bool = T
     p = ps[0]  # the on/off choices (shared by the batch)
     ll, sat, bayer, noise, jp = p.linear_light, p.saturation, p.bayer, p.noise, p.jpeg
 
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+
     def each(value):  # a per-sample number: a float for one sample (as before batching), else (B,)
         values = [value(q) for q in ps]
-        return values[0] if one else torch.tensor(values, dtype=x.dtype, device=x.device)
+        return values[0] if one else torch.tensor(values, dtype=dtype, device=x.device)
 
     # 1. to linear light (blur and noise are physical in scene radiance, not in display values)
-    if ll.applied:
+    if x.dtype == torch.uint8:
+        x = fm.to_linear_levels(x, ll.curve, each(lambda q: q.linear_light.gamma)) if ll.applied else to_float(x)
+    elif ll.applied:
         x = fm.to_linear(x, ll.curve, each(lambda q: q.linear_light.gamma))
     # 2. clipped highlights get their true radiance back (> 1) so the blur spreads them
     if sat.applied:
@@ -221,9 +229,10 @@ def degrade(sharp: torch.Tensor, params, kernels, eps=None, apply_jpeg: bool = T
 
 
 def _check_inputs(sharp: torch.Tensor, seeds: Sequence[int]) -> list[int]:
-    if not torch.is_tensor(sharp) or sharp.dim() != 4 or sharp.shape[1] != 3 or not sharp.is_floating_point():
-        got = tuple(sharp.shape) if torch.is_tensor(sharp) else type(sharp).__name__
-        raise ValueError(f"synthesize: sharp must be a float tensor (B, 3, H, W) in [0, 1], got {got}")
+    if (not torch.is_tensor(sharp) or sharp.dim() != 4 or sharp.shape[1] != 3
+            or not (sharp.is_floating_point() or sharp.dtype == torch.uint8)):
+        got = (tuple(sharp.shape), sharp.dtype) if torch.is_tensor(sharp) else type(sharp).__name__
+        raise ValueError(f"synthesize: sharp must be a float tensor (B, 3, H, W) in [0, 1] or uint8, got {got}")
     if torch.is_tensor(seeds):
         seeds = seeds.tolist()
     if isinstance(seeds, int):
@@ -249,6 +258,10 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
                *, batched: bool | None = None) -> SynthesisResult:
     """Synthesise blurry versions of ``sharp`` (B, 3, H, W), float in [0, 1], any device.
 
+    ``sharp`` may also be uint8 levels (decoded pixels, read as ``k / 255``): the blurry images then come
+    back as uint8 too, the same bits as ``to_uint8`` of the float result, for less work (the linear light
+    is a table lookup, the JPEG stage skips its float round trip).
+
     ``seeds``: one int per sample; the same (image, seed, recipe) gives the same result whatever the
     batch, position, device or worker. ``recipe``: a built-in name, a YAML path or a ``Recipe``.
     ``batched``: run samples that share their on/off choices as one batch on the device (default: on a
@@ -259,6 +272,7 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
     recipe = load_recipe(recipe)
     seeds = _check_inputs(sharp, seeds)
     h, w = sharp.shape[-2:]
+    levels = sharp.dtype == torch.uint8
     if batched is None:
         batched = sharp.device.type != "cpu"
 
@@ -281,6 +295,8 @@ def synthesize(sharp: torch.Tensor, recipe: "str | Path | Recipe" = "realistic",
         else:
             (i,) = idx
             out = degrade(sharp[i : i + 1], *prepared[i], apply_jpeg=False)
+        if levels:
+            out = to_uint8(out)
         for j, i in enumerate(idx):
             blurry[i] = out[j : j + 1]
     # 3. the camera's JPEG, on CPU (Pillow/libjpeg), on a thread pool when torch has threads

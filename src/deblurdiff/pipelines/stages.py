@@ -19,7 +19,6 @@ from PIL import Image
 from deblurdiff.imageio import ImageDecodeError, decode_rgb
 from deblurdiff.pipelines.plan import crop_box, sample_seed
 from deblurdiff.pipelines.shard_format import encode_sample  # the writer of one sample (the last step)
-from deblurdiff.pixels import to_float, to_uint8
 
 __all__ = ["Crop", "decode_crops", "synthesize_crops", "encode_sample"]
 
@@ -94,9 +93,9 @@ def synthesize_crops(sharp_u8: np.ndarray, seeds: list[int], recipe, device: str
     chunks = [slice(i, i + 1) for i in range(len(seeds))] if device == "cpu" else [slice(0, len(seeds))]
     blurry_u8 = np.empty_like(sharp_u8)
     kernels, params = [], []
-    for part in chunks:
-        out = synthesize(to_float(sharp[part]).to(device), recipe, seeds=seeds[part])
-        blurry_u8[part] = to_uint8(out.blurry).permute(0, 2, 3, 1).cpu().numpy()  # (n, c, c, 3)
+    for part in chunks:  # uint8 in, uint8 out (synthesize's levels form: less work, the same bits)
+        out = synthesize(sharp[part].to(device), recipe, seeds=seeds[part])
+        blurry_u8[part] = out.blurry.permute(0, 2, 3, 1).cpu().numpy()  # (n, c, c, 3)
         kernels += [kernels_to_array(k) for k in out.kernels]
         params += out.params
     return blurry_u8, kernels, params

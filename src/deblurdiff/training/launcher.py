@@ -111,6 +111,10 @@ def _worker_env(use_gpu: bool) -> dict:
     """Env for the Ray Train workers: DeepSpeed's accelerator, and the user's W&B settings (API key,
     base URL, entity...) so `wandb.mode=online` works from workers on other nodes."""
     env = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    # Ray Train V2 re-routes a worker's print() to its logger (stderr) and, as Ray's own stdout wrapper is
+    # not sys.__stdout__, also prints it: every line a library prints (DeepSpeed's "... built successfully")
+    # reached the console twice. Plain print: once, on stdout.
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would otherwise probe for CUDA and fail on CPU workers
     return env
