@@ -48,7 +48,8 @@ STAGES = {
     "PSF draw": [(m, n) for m in _SYNTHESIS for n in ("draw_params", "build_kernels")],
     "blur": [(m, n) for m in _SYNTHESIS for n in ("build_masks", "fft_blur")],
     "sensor": [("deblurdiff.blur_synthesis.formation", n) for n in
-               ("to_linear", "from_linear", "boost_highlights", "mosaic", "demosaic", "poisson_gaussian_noise")]
+               ("to_linear", "to_linear_levels", "from_linear", "boost_highlights", "mosaic", "demosaic",
+                "poisson_gaussian_noise")]
               + [(m, "noise_field") for m in _SYNTHESIS],
     "JPEG stage": [("deblurdiff.blur_synthesis.formation", "jpeg")],
     "PNG encode": [("deblurdiff.pipelines.shard_format", "encode_png"), ("deblurdiff.pipelines.shard_format", "encode_image")],

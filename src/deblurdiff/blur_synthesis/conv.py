@@ -78,6 +78,9 @@ def fft_blur(x: torch.Tensor, psfs: torch.Tensor, masks: torch.Tensor | None = N
     # 5.9–7.6 ms one by one, the same bits. On a GPU all planes go in one call.
     if x.device.type != "cpu" or c == 1:
         return _blur_planes(x, spec_k, padded_masks, p, k, nh, nw, mode)
+    # Planes laid out one after the other: a channels-last image (a decoded HWC photo, permuted) padded and
+    # transformed plane by plane took ~3 ms more at 512² (9.3–11.6 vs 6.4–8.0 ms, one thread; the same bits).
+    x = x.contiguous()
     out = x.new_empty(b, c, h, w)
     for i in range(c):
         out[:, i : i + 1] = _blur_planes(x[:, i : i + 1], spec_k, padded_masks, p, k, nh, nw, mode)
