@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
+from kornia.color import CFA, linear_rgb_to_rgb, raw_to_rgb, rgb_to_linear_rgb
 from PIL import Image
 
 from deblurdiff.blur_synthesis import Recipe, load_recipe, synthesize
@@ -112,6 +112,19 @@ def test_bayer_mosaic_demosaic(cfa, shape):
     assert rgb.shape == x.shape
     assert float((rgb - x)[..., 1:-1, 1:-1].abs().max()) < 0.03
     assert torch.equal(fm.mosaic(rgb, cfa), raw)
+
+
+@pytest.mark.parametrize("cfa", fm.CFA_PATTERNS)
+def test_demosaic_is_kornias_bit_for_bit(cfa):
+    # the green plane is computed without kornia's conv2d; every value must still be kornia's
+    g = torch.Generator().manual_seed(3)
+    for shape, batch, dtype in [((64, 96), 1, torch.float32), ((512, 512), 1, torch.float32), ((33, 47), 3, torch.float32),
+                                ((6, 4), 2, torch.float64), ((255, 257), 1, torch.float64)]:
+        raw = torch.rand(batch, 1, *shape, generator=g, dtype=dtype)
+        h, w = shape
+        padded = torch.nn.functional.pad(raw, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else raw
+        expected = raw_to_rgb(padded, CFA[cfa])[..., :h, :w]
+        assert torch.equal(fm.demosaic(raw, cfa), expected), (shape, batch, dtype)
 
 
 def test_jpeg_is_the_real_codec():

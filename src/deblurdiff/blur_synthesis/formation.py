@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.color import CFA, raw_to_rgb, rgb_to_raw
+from kornia.color import CFA, rgb_to_raw
 from PIL import Image
 
 from deblurdiff.pixels import to_float, to_uint8
@@ -126,17 +126,42 @@ def mosaic(x: torch.Tensor, cfa: str) -> torch.Tensor:
 
 
 def demosaic(raw: torch.Tensor, cfa: str) -> torch.Tensor:
-    """(B, 1, H, W) Bayer raw -> (B, 3, H, W) by kornia's bilinear demosaic; odd sizes are padded by
-    reflection to even (what kornia needs) and cropped back."""
+    """(B, 1, H, W) Bayer raw -> (B, 3, H, W): kornia's bilinear demosaic (``kornia.color.raw_to_rgb``), its
+    numbers bit for bit (tests/blur_synthesis/test_formation.py pins it). Odd sizes are padded by reflection
+    to even (what kornia needs) and cropped back.
+
+    Why not call kornia: it interpolates green with a 3x3 ``conv2d``, which CPU torch runs through im2col, a
+    9x copy of the image per call: 1.1-6 ms at 512² depending on the allocator's state (oneDNN ~2.5 ms), ~4 ms
+    a Bayer pair in the synth actors. Its kernel is the mean of the four neighbours, so here green is the four
+    shifted planes added in the kernel's row-major order and scaled by 1/4 (exact in binary): 0.15 ms, the
+    same sums. Red and blue follow kornia's steps: replicate-pad the colour's samples on the side away from
+    their phase, upsample bilinearly with the corners aligned, cut the pad off."""
     h, w = raw.shape[-2:]
-    ph, pw = h % 2, w % 2
     # reflecting one row/column copies row h-2 into row h: same parity, so the CFA phase stays right
-    padded = F.pad(raw, (0, pw, 0, ph), mode="reflect") if (ph or pw) else raw
-    # kornia's green interpolation is a 1-channel 3x3 conv2d, which oneDNN runs ~6x slower than ATen's own
-    # CPU convolution (2.8 vs 0.5 ms at 512², one thread; the same bits): use ATen's here. (The switch is
-    # process-wide while it lasts; the other flags are left alone — setting them warns on CPU builds.)
-    with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None):
-        return raw_to_rgb(padded, CFA[cfa])[..., :h, :w]
+    raw = F.pad(raw, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else raw
+    red, blue, greens = _CFA_SITES[cfa]
+    rgb = raw.new_empty(raw.shape[0], 3, *raw.shape[-2:])
+    size = (raw.shape[-2] + 1, raw.shape[-1] + 1)
+    for channel, (y, x) in ((0, red), (2, blue)):
+        up = F.pad(raw[..., y::2, x::2], (x, 1 - x, y, 1 - y), mode="replicate")
+        up = F.interpolate(up, size=size, mode="bilinear", align_corners=True)
+        rgb[:, channel : channel + 1] = up[..., y : y + raw.shape[-2], x : x + raw.shape[-1]]
+    g = F.pad(raw, (1, 1, 1, 1), mode="reflect")
+    green = g[..., :-2, 1:-1].add(g[..., 1:-1, :-2]).add_(g[..., 1:-1, 2:]).add_(g[..., 2:, 1:-1]).mul_(0.25)
+    for y, x in greens:  # the sampled greens stay as they are
+        green[..., y::2, x::2] = raw[..., y::2, x::2]
+    rgb[:, 1:2] = green
+    return rgb[..., :h, :w]
+
+
+# Where each colour is sampled in a 2x2 cell, as (row, column): red, blue, the two greens. OpenCV's CFA
+# names, read as kornia.color.raw_to_rgb reads them.
+_CFA_SITES = {
+    "BG": ((0, 0), (1, 1), ((0, 1), (1, 0))),
+    "GB": ((0, 1), (1, 0), ((0, 0), (1, 1))),
+    "RG": ((1, 1), (0, 0), ((1, 0), (0, 1))),
+    "GR": ((1, 0), (0, 1), ((1, 1), (0, 0))),
+}
 
 
 # ----------------------------------------------------------------------------- JPEG
