@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -41,6 +42,30 @@ def test_written_shard_reads_back_sample_by_sample(tmp_path):
     assert out.shard_keys("shard-000000.tar") == list(samples)
     with open(tmp_path / "shard-000000.tar", "rb") as f:
         assert sample_keys(f) == list(samples)
+
+
+def test_a_shard_is_the_plain_tar_of_its_members_whatever_the_writer_buffers(tmp_path):
+    # members larger than the writer's buffer: the bytes must still be those of a plain PAX tar of the same
+    # members (fixed order, zeroed owner and time), as tarfile writes it with its defaults
+    rng = np.random.default_rng(0)
+    samples = {f"{i:06d}_0": {"blur.png": rng.bytes(150_000 + i), "kernel.npy": rng.bytes(333), "meta.json": b"{}",
+                              "sharp.png": rng.bytes(90_001)} for i in range(3)}
+    out = OutputDir(pafs.LocalFileSystem(), str(tmp_path), str(tmp_path))
+    out.prepare()
+    writer = out.shard_writer("shard-000000.tar")
+    for key, members in samples.items():
+        writer.add(key, members)
+    writer.commit()
+
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for key, members in samples.items():
+            for suffix, data in sorted(members.items()):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "shard-000000.tar").read_bytes() == expected.getvalue()
+    assert writer.bytes == len(expected.getvalue())
 
 
 def test_equal_samples_encode_to_equal_bytes():

@@ -37,8 +37,11 @@ class ShardWriter:
         self.fs, self.path = fs, path
         self.tmp = f"{path}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
         self._stream = fs.open_output_stream(self.tmp)
-        # "w|": stream mode, only needs write(); PAX keeps long keys intact.
-        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)
+        # "w|": stream mode, only needs write(); PAX keeps long keys intact. bufsize: how much tarfile gathers
+        # per write() to the stream (its 10 KB default meant ~150 writes a 512² pair; 64 KB halves the tar's
+        # CPU, ~0.75 vs 1.5-1.9 ms a pair; larger is slower again, its buffer is a bytes object it re-slices).
+        # The bytes written do not depend on it (the archive is padded to tarfile.RECORDSIZE either way).
+        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT, bufsize=64 * 1024)
         self.samples = 0
         self.bytes: int | None = None  # the shard's size, once committed
 
