@@ -134,8 +134,9 @@ def demosaic(raw: torch.Tensor, cfa: str) -> torch.Tensor:
     9x copy of the image per call: 1.1-6 ms at 512² depending on the allocator's state (oneDNN ~2.5 ms), ~4 ms
     a Bayer pair in the synth actors. Its kernel is the mean of the four neighbours, so here green is the four
     shifted planes added in the kernel's row-major order and scaled by 1/4 (exact in binary): 0.15 ms, the
-    same sums. Red and blue follow kornia's steps: replicate-pad the colour's samples on the side away from
-    their phase, upsample bilinearly with the corners aligned, cut the pad off."""
+    same sums. Red and blue follow kornia's steps: pad the colour's samples by one (replicate) on the top/left
+    where they sit at odd rows/columns, on the bottom/right where at even ones, upsample bilinearly with the
+    corners aligned to H+1 x W+1, cut the pad off."""
     h, w = raw.shape[-2:]
     # reflecting one row/column copies row h-2 into row h: same parity, so the CFA phase stays right
     raw = F.pad(raw, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else raw
