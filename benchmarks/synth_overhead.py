@@ -101,10 +101,11 @@ def pairs_loop(seconds: float) -> None:
     from blur_synthesis import photos
     from deblurdiff.blur_synthesis import load_recipe, synthesize
     from deblurdiff.pipelines.png import encode_png
+    from deblurdiff.pixels import to_uint8
 
     torch.set_num_threads(1)
     recipe = load_recipe("realistic")
-    crops = photos(8, 512).mul(255).round().to(torch.uint8)
+    crops = to_uint8(photos(8, 512))
     synthesize(crops[:1], recipe, seeds=[0])  # warm-up: FFT plans, lazy imports
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
